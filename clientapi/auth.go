@@ -1,0 +1,158 @@
+package clientapi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"maunium.net/go/mautrix"
+
+	"github.com/agentspace/agentspace/storage"
+)
+
+// Session is the authenticated caller of a request.
+type Session struct {
+	UserID       string
+	DeviceID     string
+	IsGuest      bool
+	IsAdmin      bool
+	AppserviceID string
+	TokenHash    string
+}
+
+type sessionKey struct{}
+
+// sessionFrom returns the request's session (nil on unauthenticated routes).
+func sessionFrom(ctx context.Context) *Session {
+	s, _ := ctx.Value(sessionKey{}).(*Session)
+	return s
+}
+
+// NewToken returns a random 256-bit token, URL-safe, with a prefix naming its kind.
+func NewToken(prefix string) string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return prefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// HashToken is what the database stores instead of a token. A fast hash is
+// right here: tokens are 256-bit random, so there is nothing to brute-force.
+func HashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// tokenFromRequest reads the access token from the Authorization header or
+// the legacy access_token query parameter.
+func tokenFromRequest(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+			return strings.TrimSpace(t), true
+		}
+		return "", true // present but malformed: treated as an unknown token
+	}
+	if t := r.URL.Query().Get("access_token"); t != "" {
+		return t, true
+	}
+	return "", false
+}
+
+var (
+	errMissingToken = mautrix.MMissingToken.WithMessage("Missing access token")
+	errUnknownToken = mautrix.MUnknownToken.WithMessage("Unknown access token").WithExtraField("soft_logout", false)
+)
+
+// authenticate resolves the request's token to a session.
+func (a *API) authenticate(r *http.Request) (*Session, error) {
+	token, present := tokenFromRequest(r)
+	if !present {
+		return nil, errMissingToken
+	}
+	if token == "" {
+		return nil, errUnknownToken
+	}
+	hash := HashToken(token)
+	at, err := a.db.AccessTokenByHash(r.Context(), hash)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, errUnknownToken
+	} else if err != nil {
+		return nil, err
+	}
+	if at.ExpiresTS > 0 && time.Now().UnixMilli() >= at.ExpiresTS {
+		return nil, mautrix.MUnknownToken.WithMessage("Access token has expired").WithExtraField("soft_logout", true)
+	}
+	u, err := a.db.UserByID(r.Context(), at.UserID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, errUnknownToken
+	} else if err != nil {
+		return nil, err
+	}
+	if u.Deactivated {
+		return nil, errUnknownToken
+	}
+	s := &Session{
+		UserID:    at.UserID,
+		DeviceID:  at.DeviceID,
+		IsGuest:   u.IsGuest,
+		IsAdmin:   u.IsAdmin || a.cfg.IsAdminLocalpart(u.Localpart),
+		TokenHash: hash,
+	}
+	if u.AppserviceID != nil {
+		s.AppserviceID = *u.AppserviceID
+	}
+	return s, nil
+}
+
+// authed wraps a handler that needs a logged-in user.
+func (a *API) authed(h handler) http.Handler {
+	return a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		s, err := a.authenticate(r)
+		if err != nil {
+			return err
+		}
+		if s.IsGuest && !guestAllowed(r) {
+			return mautrix.RespError{ErrCode: "M_GUEST_ACCESS_FORBIDDEN", StatusCode: http.StatusForbidden, Err: "Guest access not allowed"}
+		}
+		return h(w, r.WithContext(context.WithValue(r.Context(), sessionKey{}, s)))
+	})
+}
+
+// optionalAuth wraps a handler that works with or without a token (but a
+// token that is present must be valid).
+func (a *API) optionalAuth(h handler) http.Handler {
+	return a.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		if _, present := tokenFromRequest(r); !present {
+			return h(w, r)
+		}
+		s, err := a.authenticate(r)
+		if err != nil {
+			return err
+		}
+		return h(w, r.WithContext(context.WithValue(r.Context(), sessionKey{}, s)))
+	})
+}
+
+// guestAllowed lists the endpoints guests may call (spec: "Guest access").
+func guestAllowed(r *http.Request) bool {
+	p := r.URL.Path
+	for _, suffix := range []string{"/sync", "/account/whoami", "/logout", "/logout/all", "/pushrules/", "/capabilities",
+		"/voip/turnServer", "/keys/upload", "/keys/query", "/keys/claim", "/keys/changes", "/account/password"} {
+		if strings.HasSuffix(p, suffix) {
+			return true
+		}
+	}
+	for _, part := range []string{"/rooms/", "/profile/", "/join/", "/presence/", "/sendToDevice/", "/devices", "/user/", "/events"} {
+		if strings.Contains(p, part) {
+			return true
+		}
+	}
+	return false
+}

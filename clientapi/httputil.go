@@ -1,0 +1,125 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"maunium.net/go/mautrix"
+
+	"github.com/agentspace/agentspace/storage"
+)
+
+// handler is the shape of every endpoint: it writes its own success response
+// and returns an error for everything else, which writeError renders.
+type handler func(w http.ResponseWriter, r *http.Request) error
+
+// writeJSON writes v as a JSON response.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+	return nil
+}
+
+// empty is the {} body of endpoints that return nothing.
+var empty = struct{}{}
+
+// writeError renders err as a Matrix error. RespErrors go out as they are;
+// storage.ErrNotFound becomes M_NOT_FOUND; anything else is an internal
+// error: logged in full, shown to the client as a plain 500 M_UNKNOWN.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	var respErr mautrix.RespError
+	var maxBytes *http.MaxBytesError
+	switch {
+	case errors.As(err, &respErr):
+		respErr.InternalError = ""
+		if respErr.StatusCode == 0 {
+			respErr.StatusCode = http.StatusBadRequest
+		}
+		if respErr.StatusCode >= 500 {
+			log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		} else {
+			log.DebugContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "errcode", respErr.ErrCode, "error", respErr.Err)
+		}
+		respErr.Write(w)
+	case errors.As(err, &maxBytes):
+		mautrix.MTooLarge.WithMessage("Request body is larger than %d bytes", maxBytes.Limit).Write(w)
+	case errors.Is(err, storage.ErrNotFound):
+		mautrix.MNotFound.WithMessage("Not found").Write(w)
+	case errors.Is(err, context.Canceled):
+		// The client went away; nothing useful to write.
+		log.DebugContext(r.Context(), "request cancelled", "path", r.URL.Path)
+	default:
+		log.ErrorContext(r.Context(), "internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+		mautrix.MUnknown.WithMessage("Internal server error").Write(w)
+	}
+}
+
+// decodeJSON reads a JSON object body into v: M_NOT_JSON when the body is not
+// JSON at all, M_BAD_JSON when it is JSON of the wrong shape, M_TOO_LARGE over
+// the body limit.
+func decodeJSON(r *http.Request, v any) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var maxBytes *http.MaxBytesError
+		if errors.As(err, &maxBytes) {
+			return maxBytes
+		}
+		return mautrix.MNotJSON.WithMessage("Could not read request body")
+	}
+	return decodeJSONBytes(body, v)
+}
+
+func decodeJSONBytes(body []byte, v any) error {
+	if len(strings.TrimSpace(string(body))) == 0 {
+		body = []byte("{}")
+	}
+	if !json.Valid(body) {
+		return mautrix.MNotJSON.WithMessage("Content not JSON.")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return mautrix.MBadJSON.WithMessage("Invalid type for field %q: expected %s", typeErr.Field, typeErr.Type)
+		}
+		return mautrix.MBadJSON.WithMessage("Invalid JSON: %v", err)
+	}
+	return nil
+}
+
+// readJSONObject reads a body that must be a JSON object and returns it raw.
+func readJSONObject(r *http.Request) (json.RawMessage, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var maxBytes *http.MaxBytesError
+		if errors.As(err, &maxBytes) {
+			return nil, maxBytes
+		}
+		return nil, mautrix.MNotJSON.WithMessage("Could not read request body")
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return json.RawMessage("{}"), nil
+	}
+	if !json.Valid(body) {
+		return nil, mautrix.MNotJSON.WithMessage("Content not JSON.")
+	}
+	trimmed := strings.TrimSpace(string(body))
+	if !strings.HasPrefix(trimmed, "{") {
+		return nil, mautrix.MBadJSON.WithMessage("Body must be a JSON object")
+	}
+	return json.RawMessage(body), nil
+}
+
+// badParam is M_INVALID_PARAM with a message.
+func badParam(format string, args ...any) error {
+	return mautrix.MInvalidParam.WithMessage(format, args...)
+}

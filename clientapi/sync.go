@@ -1,0 +1,3 @@
+package clientapi
+
+func (a *API) registerSync(rt routes) {}

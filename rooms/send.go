@@ -1,0 +1,319 @@
+package rooms
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
+	"maunium.net/go/mautrix"
+
+	"github.com/agentspace/agentspace/storage"
+)
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// EventRequest is one event a local user wants to put in a room.
+type EventRequest struct {
+	Sender   string
+	Type     string
+	StateKey *string
+	Content  json.RawMessage
+	// Redacts is the target of an m.room.redaction.
+	Redacts string
+	// TxnID and DeviceID make the send idempotent per device.
+	TxnID    string
+	DeviceID string
+}
+
+// RedactsInContent reports whether a room version carries a redaction's
+// target in content.redacts (v11 and later) rather than a top-level key.
+func RedactsInContent(v gomatrixserverlib.RoomVersion) bool {
+	n, err := strconv.Atoi(string(v))
+	return err != nil || n >= 11
+}
+
+// StrPtr returns a pointer to s (for state keys).
+func StrPtr(s string) *string { return &s }
+
+var userIDForSender spec.UserIDForSender = func(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
+	return spec.NewUserID(string(senderID), true)
+}
+
+// Send builds, authorises and persists one event. With a TxnID already used
+// by the device it returns the stored event instead of sending again.
+func (s *Service) Send(ctx context.Context, roomID string, req EventRequest) (*storage.Event, error) {
+	r, err := s.lockRoom(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	defer r.mu.Unlock()
+	if req.TxnID != "" {
+		if prev, err := s.txnEvent(ctx, req); err != nil || prev != nil {
+			return prev, err
+		}
+	}
+	evs, err := s.sendLocked(ctx, r, []EventRequest{req}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return evs[0], nil
+}
+
+func (s *Service) txnEvent(ctx context.Context, req EventRequest) (*storage.Event, error) {
+	id, err := s.db.TxnEventID(ctx, req.Sender, req.DeviceID, req.TxnID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	return s.db.EventByID(ctx, id)
+}
+
+// builtEvent is a PDU waiting to be committed with its server-side extras.
+type builtEvent struct {
+	pdu      gomatrixserverlib.PDU
+	req      EventRequest
+	unsigned map[string]any
+}
+
+// buildLocked builds and auth-checks one event against the room state plus
+// overlay (the uncommitted events of this batch), updating overlay.
+func (s *Service) buildLocked(r *room, req EventRequest, overlay map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU, prevID string, depth int64) (*builtEvent, error) {
+	content := req.Content
+	if len(content) == 0 {
+		content = json.RawMessage("{}")
+	}
+	if !gjson.ValidBytes(content) || !gjson.ParseBytes(content).IsObject() {
+		return nil, mautrix.MBadJSON.WithMessage("Event content must be a JSON object")
+	}
+	proto := gomatrixserverlib.ProtoEvent{
+		SenderID: req.Sender,
+		RoomID:   r.id,
+		Type:     req.Type,
+		StateKey: req.StateKey,
+		Content:  spec.RawJSON(content),
+		Depth:    depth,
+	}
+	if prevID != "" {
+		proto.PrevEvents = []string{prevID}
+	} else {
+		proto.PrevEvents = []string{}
+	}
+	if req.Type == spec.MRoomRedaction {
+		if !RedactsInContent(r.version.Version()) {
+			proto.Redacts = req.Redacts
+		}
+	}
+	if req.Type == spec.MRoomCreate && r.version.DomainlessRoomIDs() {
+		proto.RoomID = ""
+	}
+	eb := r.version.NewEventBuilderFromProtoEvent(&proto)
+	provider := &stateProvider{r: r, overlay: overlay}
+	if err := eb.AddAuthEvents(provider); err != nil {
+		return nil, mautrix.MBadJSON.WithMessage("Invalid event: %v", err)
+	}
+	pdu, err := eb.Build(time.Now(), s.serverName, s.key.ID, s.key.PrivateKey)
+	if err != nil {
+		return nil, mautrix.MBadJSON.WithMessage("Invalid event: %v", err)
+	}
+	if len(pdu.JSON()) > MaxEventSize {
+		return nil, mautrix.MTooLarge.WithMessage("Event is larger than %d bytes", MaxEventSize)
+	}
+	if err := gomatrixserverlib.Allowed(pdu, provider, userIDForSender); err != nil {
+		var notAllowed *gomatrixserverlib.NotAllowed
+		if errors.As(err, &notAllowed) {
+			return nil, mautrix.MForbidden.WithMessage("%s", notAllowed.Message)
+		}
+		return nil, mautrix.MForbidden.WithMessage("%v", err)
+	}
+	be := &builtEvent{pdu: pdu, req: req}
+	if req.StateKey != nil {
+		key := gomatrixserverlib.StateKeyTuple{EventType: req.Type, StateKey: *req.StateKey}
+		if prev, _ := provider.get(req.Type, *req.StateKey); prev != nil {
+			be.unsigned = map[string]any{
+				"prev_content":   json.RawMessage(prev.Content()),
+				"prev_sender":    string(prev.SenderID()),
+				"replaces_state": prev.EventID(),
+			}
+		}
+		overlay[key] = pdu
+	}
+	return be, nil
+}
+
+// sendLocked builds a batch of events in order and commits them in one
+// transaction. extra runs inside that transaction (e.g. to insert the room row).
+func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, extra func(tx *storage.Tx) error) ([]*storage.Event, error) {
+	overlay := make(map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU)
+	prevID, depth := r.latestID, r.depth
+	built := make([]*builtEvent, 0, len(reqs))
+	for _, req := range reqs {
+		be, err := s.buildLocked(r, req, overlay, prevID, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		if req.Type == spec.MRoomCreate && r.version.DomainlessRoomIDs() {
+			// v12: the room id is derived from the create event's id.
+			r.id = "!" + be.pdu.EventID()[1:]
+		}
+		built = append(built, be)
+		prevID, depth = be.pdu.EventID(), depth+1
+	}
+	rows := make([]*storage.Event, len(built))
+	err := s.db.Write(ctx, func(tx *storage.Tx) error {
+		if extra != nil {
+			if err := extra(tx); err != nil {
+				return err
+			}
+		}
+		for i, be := range built {
+			pos, err := tx.NextPos(ctx)
+			if err != nil {
+				return err
+			}
+			row, err := s.toRow(be, pos)
+			if err != nil {
+				return err
+			}
+			if err := tx.InsertEvent(ctx, row); err != nil {
+				return err
+			}
+			if be.req.Type == spec.MRoomRedaction {
+				if err := s.applyRedaction(ctx, tx, r, be); err != nil {
+					return err
+				}
+			}
+			if be.req.TxnID != "" {
+				if err := tx.InsertTxn(ctx, be.req.Sender, be.req.DeviceID, be.req.TxnID, row.EventID); err != nil {
+					return err
+				}
+			}
+			rows[i] = row
+		}
+		tx.OnCommit(func() { s.applyCommitted(r, built, rows) })
+		return nil
+	})
+	if err != nil {
+		// The cache may hold nothing of this batch, but be safe: reload next time.
+		r.loaded = false
+		return nil, err
+	}
+	return rows, nil
+}
+
+// applyCommitted moves the cached room state and the notifier forward.
+// It runs in commit order under the storage write lock.
+func (s *Service) applyCommitted(r *room, built []*builtEvent, rows []*storage.Event) {
+	for i, be := range built {
+		pdu := be.pdu
+		if sk := pdu.StateKey(); sk != nil {
+			r.state[gomatrixserverlib.StateKeyTuple{EventType: pdu.Type(), StateKey: *sk}] = pdu
+		}
+		r.latestID = pdu.EventID()
+		r.depth = pdu.Depth()
+		wake := Wake{Rooms: []string{r.id}}
+		if pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil {
+			target := *pdu.StateKey()
+			m, _ := pdu.Membership()
+			s.notifier.SetJoined(r.id, target, m == spec.Join)
+			wake.Users = []string{target}
+		}
+		s.notifier.Advance(rows[i].Pos, wake)
+	}
+}
+
+// toRow turns a built PDU into a storage row.
+func (s *Service) toRow(be *builtEvent, pos storage.StreamPos) (*storage.Event, error) {
+	pdu := be.pdu
+	row := &storage.Event{
+		Pos:      pos,
+		EventID:  pdu.EventID(),
+		RoomID:   pdu.RoomID().String(),
+		Type:     pdu.Type(),
+		StateKey: pdu.StateKey(),
+		Sender:   string(pdu.SenderID()),
+		OriginTS: int64(pdu.OriginServerTS()),
+		Depth:    pdu.Depth(),
+		PDUJSON:  pdu.JSON(),
+		Unsigned: []byte("{}"),
+	}
+	if pdu.Type() == spec.MRoomCreate && row.RoomID == "" {
+		row.RoomID = "!" + pdu.EventID()[1:]
+	}
+	if be.unsigned != nil {
+		b, err := json.Marshal(be.unsigned)
+		if err != nil {
+			return nil, err
+		}
+		row.Unsigned = b
+	}
+	content := gjson.ParseBytes(pdu.Content())
+	if pdu.Type() == spec.MRoomMember {
+		if m := content.Get("membership"); m.Type == gjson.String {
+			row.Membership = StrPtr(m.Str)
+		}
+	}
+	if rel := content.Get(`m\.relates_to`); rel.IsObject() {
+		if t := rel.Get("rel_type"); t.Type == gjson.String {
+			row.RelType = StrPtr(t.Str)
+		}
+		if id := rel.Get("event_id"); id.Type == gjson.String {
+			row.RelatesTo = StrPtr(id.Str)
+		}
+		if row.RelType == nil {
+			if irt := rel.Get(`m\.in_reply_to.event_id`); irt.Type == gjson.String {
+				row.RelType = StrPtr("m.in_reply_to")
+				row.RelatesTo = StrPtr(irt.Str)
+			}
+		}
+	}
+	if b := content.Get("body"); b.Type == gjson.String && pdu.StateKey() == nil {
+		row.Body = StrPtr(b.Str)
+	}
+	if be.req.TxnID != "" {
+		row.TxnID = StrPtr(be.req.TxnID)
+		row.TxnDevice = StrPtr(be.req.DeviceID)
+	}
+	return row, nil
+}
+
+// applyRedaction redacts the target event in storage (and in the cached state
+// when it is a current state event).
+func (s *Service) applyRedaction(ctx context.Context, tx *storage.Tx, r *room, be *builtEvent) error {
+	target, err := s.db.EventByID(ctx, be.req.Redacts)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && target.RoomID != r.id) {
+		return nil // redacting an unknown event is allowed; nothing to change
+	} else if err != nil {
+		return err
+	}
+	if target.RedactedBy != nil {
+		return nil
+	}
+	redacted, err := r.version.RedactEventJSON(target.PDUJSON)
+	if err != nil {
+		return fmt.Errorf("redacting %s: %w", target.EventID, err)
+	}
+	unsigned := map[string]any{}
+	_ = json.Unmarshal(target.Unsigned, &unsigned)
+	delete(unsigned, "prev_content")
+	unsigned["redacted_because"] = json.RawMessage(be.pdu.JSON())
+	ub, _ := json.Marshal(unsigned)
+	if err := tx.RedactEvent(ctx, target.EventID, redacted, ub, be.pdu.EventID()); err != nil {
+		return err
+	}
+	if target.StateKey != nil {
+		key := gomatrixserverlib.StateKeyTuple{EventType: target.Type, StateKey: *target.StateKey}
+		if cur := r.state[key]; cur != nil && cur.EventID() == target.EventID {
+			if pdu, err := r.version.NewEventFromTrustedJSONWithEventID(target.EventID, redacted, true); err == nil {
+				tx.OnCommit(func() { r.state[key] = pdu })
+			}
+		}
+	}
+	return nil
+}

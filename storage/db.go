@@ -1,0 +1,302 @@
+// Package storage holds AgentSpace's one schema and the queries on it, for both
+// SQLite (the embedded default) and PostgreSQL. SQL is written once with $N
+// placeholders; the few engine differences live in Dialect.
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+
+	_ "github.com/lib/pq"  // PostgreSQL driver
+	_ "modernc.org/sqlite" // SQLite driver (pure Go)
+)
+
+// Dialect names a database engine.
+type Dialect int
+
+// The supported engines.
+const (
+	SQLite Dialect = iota
+	Postgres
+)
+
+func (d Dialect) String() string {
+	if d == Postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// Sentinel errors returned instead of driver errors.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+)
+
+// StreamPos is a position in the server's single ordered stream. Every
+// persisted change a client can sync (events, receipts, account data, typing,
+// presence, to-device messages, device-list changes) takes the next position.
+type StreamPos int64
+
+// DB is the database handle. Reads go through a pool; all writes go through
+// Write, which serialises them (SQLite has one writer; positions must commit
+// in order so a reader that saw position N has also seen every position < N).
+type DB struct {
+	dialect Dialect
+	read    *sql.DB
+	write   *sql.DB
+
+	writeMu sync.Mutex
+}
+
+// Options says which database to open.
+type Options struct {
+	// SQLitePath is the SQLite file; used when PostgresURL is empty.
+	SQLitePath string
+	// PostgresURL selects PostgreSQL.
+	PostgresURL string
+}
+
+// Open opens (creating if needed) the database and runs pending migrations.
+func Open(ctx context.Context, opts Options) (*DB, error) {
+	var db *DB
+	var err error
+	if opts.PostgresURL != "" {
+		db, err = openPostgres(opts.PostgresURL)
+	} else {
+		db, err = openSQLite(opts.SQLitePath)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := db.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrating database: %w", err)
+	}
+	return db, nil
+}
+
+func openSQLite(path string) (*DB, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating database directory: %w", err)
+		}
+	}
+	// Create the file ourselves so it gets mode 0600 (the driver would use 0644).
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating database file: %w", err)
+	}
+	f.Close()
+	// synchronous=NORMAL in WAL mode survives a process crash (SIGKILL) without
+	// losing a committed transaction; only an OS crash can lose the last ones.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)" +
+		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)&_txlock=immediate"
+	write, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening sqlite: %w", err)
+	}
+	write.SetMaxOpenConns(1)
+	write.SetMaxIdleConns(1)
+	write.SetConnMaxLifetime(0)
+	read, err := sql.Open("sqlite", dsn+"&_pragma=query_only(ON)")
+	if err != nil {
+		write.Close()
+		return nil, fmt.Errorf("opening sqlite: %w", err)
+	}
+	read.SetMaxOpenConns(8)
+	read.SetMaxIdleConns(8)
+	read.SetConnMaxLifetime(0)
+	if err := write.Ping(); err != nil {
+		write.Close()
+		read.Close()
+		return nil, fmt.Errorf("opening sqlite %s: %w", path, err)
+	}
+	return &DB{dialect: SQLite, read: read, write: write}, nil
+}
+
+func openPostgres(url string) (*DB, error) {
+	pool, err := sql.Open("postgres", url)
+	if err != nil {
+		return nil, fmt.Errorf("opening postgres: %w", err)
+	}
+	pool.SetMaxOpenConns(20)
+	pool.SetMaxIdleConns(10)
+	if err := pool.Ping(); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connecting to postgres: %w", err)
+	}
+	return &DB{dialect: Postgres, read: pool, write: pool}, nil
+}
+
+// Dialect reports the engine in use.
+func (db *DB) Dialect() Dialect { return db.dialect }
+
+// Close closes the database.
+func (db *DB) Close() error {
+	err := db.write.Close()
+	if db.read != db.write {
+		if err2 := db.read.Close(); err == nil {
+			err = err2
+		}
+	}
+	return err
+}
+
+var dollarParam = regexp.MustCompile(`\$(\d+)`)
+
+// rebind turns $N placeholders into SQLite's ?N (which, unlike $N, SQLite
+// binds by number rather than by order of first appearance).
+func (db *DB) rebind(query string) string {
+	if db.dialect == SQLite {
+		return dollarParam.ReplaceAllString(query, "?$1")
+	}
+	return query
+}
+
+// Querier is what both the read pool and a write transaction offer.
+type Querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// Tx is a write transaction. Its methods take $N SQL.
+type Tx struct {
+	db       *DB
+	tx       *sql.Tx
+	lastPos  StreamPos
+	onCommit []func()
+}
+
+// Exec runs a statement in the transaction.
+func (tx *Tx) Exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := tx.tx.ExecContext(ctx, tx.db.rebind(query), args...)
+	return res, mapError(err)
+}
+
+// Query runs a query in the transaction.
+func (tx *Tx) Query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return tx.tx.QueryContext(ctx, tx.db.rebind(query), args...)
+}
+
+// QueryRow runs a single-row query in the transaction.
+func (tx *Tx) QueryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	return tx.tx.QueryRowContext(ctx, tx.db.rebind(query), args...)
+}
+
+// NextPos allocates the next stream position. The row lock it takes is held
+// until commit, so on PostgreSQL too positions commit in the order allocated.
+func (tx *Tx) NextPos(ctx context.Context) (StreamPos, error) {
+	var pos StreamPos
+	err := tx.QueryRow(ctx, `UPDATE stream_position SET pos = pos + 1 WHERE id = 1 RETURNING pos`).Scan(&pos)
+	if err != nil {
+		return 0, fmt.Errorf("allocating stream position: %w", err)
+	}
+	tx.lastPos = pos
+	return pos, nil
+}
+
+// OnCommit registers fn to run after a successful commit, still under the
+// write lock, in commit order. It must not block or do I/O: it exists so that
+// in-memory caches and the sync notifier advance in exactly stream order.
+func (tx *Tx) OnCommit(fn func()) { tx.onCommit = append(tx.onCommit, fn) }
+
+// Write runs fn in a write transaction and commits it. Writes are serialised.
+func (db *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
+	db.writeMu.Lock()
+	defer db.writeMu.Unlock()
+	sqlTx, err := db.write.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("beginning transaction: %w", mapError(err))
+	}
+	tx := &Tx{db: db, tx: sqlTx}
+	if err := fn(tx); err != nil {
+		_ = sqlTx.Rollback()
+		return err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return fmt.Errorf("committing transaction: %w", mapError(err))
+	}
+	for _, f := range tx.onCommit {
+		f()
+	}
+	return nil
+}
+
+// Query runs a read query on the read pool.
+func (db *DB) Query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return db.read.QueryContext(ctx, db.rebind(query), args...)
+}
+
+// QueryRow runs a single-row read query on the read pool.
+func (db *DB) QueryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	return db.read.QueryRowContext(ctx, db.rebind(query), args...)
+}
+
+// CurrentPos is the highest committed stream position.
+func (db *DB) CurrentPos(ctx context.Context) (StreamPos, error) {
+	var pos StreamPos
+	err := db.QueryRow(ctx, `SELECT pos FROM stream_position WHERE id = 1`).Scan(&pos)
+	return pos, err
+}
+
+// IntegrityCheck runs the engine's consistency check (SQLite's
+// integrity_check; on PostgreSQL a catalog sanity query).
+func (db *DB) IntegrityCheck(ctx context.Context) error {
+	if db.dialect == Postgres {
+		var n int
+		return db.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&n)
+	}
+	var res string
+	if err := db.QueryRow(ctx, `PRAGMA integrity_check`).Scan(&res); err != nil {
+		return err
+	}
+	if res != "ok" {
+		return fmt.Errorf("integrity_check: %s", res)
+	}
+	return nil
+}
+
+// mapError turns driver constraint errors into sentinels.
+func mapError(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "UNIQUE constraint failed") || strings.Contains(msg, "duplicate key value") ||
+		strings.Contains(msg, "constraint failed: PRIMARY KEY") {
+		return fmt.Errorf("%w: %v", ErrAlreadyExists, err)
+	}
+	return err
+}
+
+// notFound maps sql.ErrNoRows to ErrNotFound.
+func notFound(err error) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	return err
+}
+
+// placeholders returns "$start, $start+1, ..." for n values.
+func placeholders(start, n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d", start+i)
+	}
+	return b.String()
+}
