@@ -30,7 +30,11 @@ type API struct {
 	metrics *metrics
 	limiter *rateLimiter
 	nonces  *nonceStore
-	typing  *rooms.Typing
+	// accounts holds UIA sessions, device last-seen state and the dummy password hash (account.go).
+	accounts *accountState
+	typing   *rooms.Typing
+	// presence caches the last presence written per user (see setPresence).
+	presence *presenceCache
 }
 
 // NewAPI builds the client API. reg receives the HTTP metrics (nil: a fresh registry).
@@ -39,14 +43,16 @@ func NewAPI(cfg *config.Config, db *storage.DB, rs *rooms.Service, log *slog.Log
 		reg = prometheus.NewRegistry()
 	}
 	return &API{
-		cfg:     cfg,
-		db:      db,
-		rooms:   rs,
-		log:     log,
-		metrics: newMetrics(reg),
-		limiter: newRateLimiter(cfg.RateLimit),
-		nonces:  newNonceStore(),
-		typing:  rs.Typing(),
+		cfg:      cfg,
+		db:       db,
+		rooms:    rs,
+		log:      log,
+		metrics:  newMetrics(reg),
+		limiter:  newRateLimiter(cfg.RateLimit),
+		nonces:   newNonceStore(),
+		accounts: newAccountState(),
+		typing:   rs.Typing(),
+		presence: newPresenceCache(),
 	}
 }
 

@@ -108,6 +108,7 @@ func (a *API) authenticate(r *http.Request) (*Session, error) {
 	if u.AppserviceID != nil {
 		s.AppserviceID = *u.AppserviceID
 	}
+	a.noteDeviceSeen(r, s) // at most one write per device per minute
 	return s, nil
 }
 

@@ -13,7 +13,10 @@ import (
 // waiting. Advance is only called in commit order (from storage OnCommit
 // hooks), so Latest never runs ahead of what readers can see.
 type Notifier struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// start is where the notifier began: a user stream first seen later
+	// starts there, so a token from before a restart still finds what it missed.
+	start   storage.StreamPos
 	pos     storage.StreamPos
 	users   map[string]*userStream
 	members map[string]map[string]struct{} // room -> joined users
@@ -28,6 +31,7 @@ type userStream struct {
 // NewNotifier starts a notifier at pos.
 func NewNotifier(pos storage.StreamPos) *Notifier {
 	return &Notifier{
+		start:   pos,
 		pos:     pos,
 		users:   make(map[string]*userStream),
 		members: make(map[string]map[string]struct{}),
@@ -45,7 +49,7 @@ func (n *Notifier) Latest() storage.StreamPos {
 func (n *Notifier) stream(userID string) *userStream {
 	s := n.users[userID]
 	if s == nil {
-		s = &userStream{ch: make(chan struct{})}
+		s = &userStream{pos: n.start, ch: make(chan struct{})}
 		n.users[userID] = s
 	}
 	return s

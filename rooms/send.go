@@ -120,6 +120,10 @@ func (s *Service) buildLocked(r *room, req EventRequest, overlay map[gomatrixser
 	}
 	pdu, err := eb.Build(time.Now(), s.serverName, s.key.ID, s.key.PrivateKey)
 	if err != nil {
+		var tooLarge gomatrixserverlib.EventValidationError
+		if errors.As(err, &tooLarge) && tooLarge.Code == gomatrixserverlib.EventValidationTooLarge {
+			return nil, mautrix.MTooLarge.WithMessage("Event is larger than %d bytes", MaxEventSize)
+		}
 		return nil, mautrix.MBadJSON.WithMessage("Invalid event: %v", err)
 	}
 	if len(pdu.JSON()) > MaxEventSize {
@@ -302,7 +306,7 @@ func (s *Service) applyRedaction(ctx context.Context, tx *storage.Tx, r *room, b
 	unsigned := map[string]any{}
 	_ = json.Unmarshal(target.Unsigned, &unsigned)
 	delete(unsigned, "prev_content")
-	unsigned["redacted_because"] = json.RawMessage(be.pdu.JSON())
+	unsigned["redacted_because"] = redactionClientEvent(be.pdu) // spec: a ClientEvent, not the PDU
 	ub, _ := json.Marshal(unsigned)
 	if err := tx.RedactEvent(ctx, target.EventID, redacted, ub, be.pdu.EventID()); err != nil {
 		return err
@@ -316,4 +320,22 @@ func (s *Service) applyRedaction(ctx context.Context, tx *storage.Tx, r *room, b
 		}
 	}
 	return nil
+}
+
+// redactionClientEvent renders a redaction PDU in the client format that
+// unsigned.redacted_because carries (with event_id, without PDU internals).
+func redactionClientEvent(pdu gomatrixserverlib.PDU) ClientEvent {
+	ce := ClientEvent{
+		Content:        json.RawMessage(pdu.Content()),
+		EventID:        pdu.EventID(),
+		OriginServerTS: int64(pdu.OriginServerTS()),
+		RoomID:         pdu.RoomID().String(),
+		Sender:         string(pdu.SenderID()),
+		Type:           pdu.Type(),
+		Redacts:        pdu.Redacts(),
+	}
+	if ce.Redacts == "" {
+		ce.Redacts = gjson.GetBytes(pdu.Content(), "redacts").Str
+	}
+	return ce
 }

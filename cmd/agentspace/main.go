@@ -33,6 +33,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(args, stderr)
 	case "check-config":
 		err = checkConfig(args, stdout)
+	case "bench":
+		err = bench(args, stdout, stderr)
 	case "help":
 		usage(stdout)
 	default:
@@ -56,6 +58,7 @@ func usage(w io.Writer) {
 Commands:
   serve          run the homeserver (default)
   check-config   validate the configuration and exit
+  bench          measure throughput, sync latency and resource use over HTTP
   help           show this help
 
 Run "agentspace <command> -h" for a command's flags.

@@ -1,0 +1,671 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/agentspace/agentspace/rooms"
+	"github.com/agentspace/agentspace/storage"
+)
+
+// Wire format of the /sync response (spec: GET /_matrix/client/v3/sync).
+type syncResponse struct {
+	NextBatch                     string         `json:"next_batch"`
+	Rooms                         syncRooms      `json:"rooms"`
+	AccountData                   eventList      `json:"account_data"`
+	Presence                      eventList      `json:"presence"`
+	ToDevice                      eventList      `json:"to_device"`
+	DeviceLists                   deviceLists    `json:"device_lists"`
+	DeviceOneTimeKeysCount        map[string]int `json:"device_one_time_keys_count"`
+	DeviceUnusedFallbackKeyTypes  []string       `json:"device_unused_fallback_key_types"`
+	OrgMatrixMSC2732FallbackTypes []string       `json:"org.matrix.msc2732.device_unused_fallback_key_types,omitempty"`
+}
+
+type syncRooms struct {
+	Join   map[string]*joinedRoom  `json:"join"`
+	Invite map[string]*invitedRoom `json:"invite"`
+	Leave  map[string]*leftRoom    `json:"leave"`
+	Knock  map[string]any          `json:"knock"`
+}
+
+type eventList struct {
+	Events []any `json:"events"`
+}
+
+type timeline struct {
+	Events    []rooms.ClientEvent `json:"events"`
+	Limited   bool                `json:"limited"`
+	PrevBatch string              `json:"prev_batch,omitempty"`
+}
+
+type stateList struct {
+	Events []rooms.ClientEvent `json:"events"`
+}
+
+type roomSummary struct {
+	Heroes             []string `json:"m.heroes,omitempty"`
+	JoinedMemberCount  *int     `json:"m.joined_member_count,omitempty"`
+	InvitedMemberCount *int     `json:"m.invited_member_count,omitempty"`
+}
+
+type unreadCounts struct {
+	NotificationCount int `json:"notification_count"`
+	HighlightCount    int `json:"highlight_count"`
+}
+
+type joinedRoom struct {
+	Summary             roomSummary  `json:"summary"`
+	State               stateList    `json:"state"`
+	Timeline            timeline     `json:"timeline"`
+	Ephemeral           eventList    `json:"ephemeral"`
+	AccountData         eventList    `json:"account_data"`
+	UnreadNotifications unreadCounts `json:"unread_notifications"`
+}
+
+type invitedRoom struct {
+	InviteState struct {
+		Events []rooms.StrippedEvent `json:"events"`
+	} `json:"invite_state"`
+}
+
+type leftRoom struct {
+	State       stateList `json:"state"`
+	Timeline    timeline  `json:"timeline"`
+	AccountData eventList `json:"account_data"`
+}
+
+type deviceLists struct {
+	Changed []string `json:"changed"`
+	Left    []string `json:"left"`
+}
+
+// isEmpty reports whether a long-poll should keep waiting.
+func (r *syncResponse) isEmpty() bool {
+	return len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 &&
+		len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 && len(r.ToDevice.Events) == 0 &&
+		len(r.DeviceLists.Changed) == 0 && len(r.DeviceLists.Left) == 0
+}
+
+// maxToDevicePerSync bounds one response's to-device batch.
+const maxToDevicePerSync = 100
+
+// syncBuilder assembles one response for (user, device) from since to to.
+type syncBuilder struct {
+	a      *API
+	req    *syncRequest
+	viewer rooms.Viewer
+	since  storage.StreamPos // 0 = initial sync
+	to     storage.StreamPos
+	resp   *syncResponse
+	// users whose device lists the syncing user must hear about
+	changed map[string]struct{}
+	left    map[string]struct{}
+	// toDevicePos is how far to-device messages have been delivered.
+	toDevicePos storage.StreamPos
+}
+
+func (a *API) buildSync(ctx context.Context, req *syncRequest, to storage.StreamPos) (*syncResponse, error) {
+	s := req.session
+	b := &syncBuilder{
+		a: a, req: req, viewer: rooms.Viewer{UserID: s.UserID, DeviceID: s.DeviceID}, to: to,
+		changed: map[string]struct{}{}, left: map[string]struct{}{},
+		resp: &syncResponse{
+			Rooms:       syncRooms{Join: map[string]*joinedRoom{}, Invite: map[string]*invitedRoom{}, Leave: map[string]*leftRoom{}, Knock: map[string]any{}},
+			AccountData: eventList{Events: []any{}}, Presence: eventList{Events: []any{}}, ToDevice: eventList{Events: []any{}},
+			DeviceLists: deviceLists{Changed: []string{}, Left: []string{}},
+		},
+	}
+	if req.since != nil {
+		b.since = req.since.Pos
+	}
+	memberships, err := a.db.MembershipsOfUser(ctx, s.UserID)
+	if err != nil {
+		return nil, err
+	}
+	// A membership row visible in the database has committed, and so has
+	// every position before it: reading up to it is safe.
+	for _, m := range memberships {
+		if m.Pos > b.to {
+			b.to = m.Pos
+		}
+	}
+	sharing := map[string]struct{}{s.UserID: {}}
+	for _, m := range memberships {
+		if !b.roomAllowed(m.RoomID) {
+			continue
+		}
+		switch m.Membership {
+		case spec.Join:
+			if err := b.joinedRoom(ctx, m); err != nil {
+				return nil, err
+			}
+			for _, u := range a.rooms.Notifier().JoinedMembers(m.RoomID) {
+				sharing[u] = struct{}{}
+			}
+		case spec.Invite:
+			if b.since == 0 || m.Pos > b.since {
+				if err := b.invitedRoom(ctx, m); err != nil {
+					return nil, err
+				}
+			}
+		case spec.Leave, spec.Ban:
+			if m.Forgotten {
+				continue
+			}
+			if (b.since > 0 && m.Pos > b.since) || (b.req.filter.Room.IncludeLeave && (b.since == 0 || b.req.fullState)) {
+				if err := b.leftRoom(ctx, m); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	if err := b.globalData(ctx, sharing); err != nil {
+		return nil, err
+	}
+	b.resp.NextBatch = syncToken{Pos: b.to, ToDevice: b.toDevicePos}.String()
+	return b.resp, nil
+}
+
+func (b *syncBuilder) roomAllowed(roomID string) bool {
+	f := b.req.filter.Room
+	if len(f.Rooms) > 0 && !slices.Contains(f.Rooms, id.RoomID(roomID)) {
+		return false
+	}
+	return !slices.Contains(f.NotRooms, id.RoomID(roomID))
+}
+
+// eventFilter converts a filter part to the storage filter for timelines.
+func eventFilter(p *mautrix.FilterPart) *storage.EventFilter {
+	if p == nil {
+		return nil
+	}
+	f := &storage.EventFilter{ContainsURL: p.ContainsURL}
+	for _, t := range p.Types {
+		f.Types = append(f.Types, t.Type)
+	}
+	for _, t := range p.NotTypes {
+		f.NotTypes = append(f.NotTypes, t.Type)
+	}
+	for _, u := range p.Senders {
+		f.Senders = append(f.Senders, string(u))
+	}
+	for _, u := range p.NotSenders {
+		f.NotSenders = append(f.NotSenders, string(u))
+	}
+	return f
+}
+
+// matchPart applies a filter part to an event type and sender in memory.
+func matchPart(p *mautrix.FilterPart, evType, sender string) bool {
+	if p == nil {
+		return true
+	}
+	match := func(types []event.Type) bool {
+		for _, t := range types {
+			if t.Type == evType || (strings.HasSuffix(t.Type, "*") && strings.HasPrefix(evType, strings.TrimSuffix(t.Type, "*"))) {
+				return true
+			}
+		}
+		return false
+	}
+	if p.Types != nil && !match(p.Types) {
+		return false
+	}
+	if match(p.NotTypes) {
+		return false
+	}
+	if sender != "" {
+		if len(p.Senders) > 0 && !slices.Contains(p.Senders, id.UserID(sender)) {
+			return false
+		}
+		if slices.Contains(p.NotSenders, id.UserID(sender)) {
+			return false
+		}
+	}
+	return true
+}
+
+// timelineWindow loads the newest visible events of a room with
+// lower < pos <= upper (limit+1 to detect "limited").
+func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, upper storage.StreamPos, vis *rooms.Visibility) ([]*storage.Event, bool, error) {
+	limit := b.req.filter.Room.Timeline.Limit
+	f := eventFilter(b.req.filter.Room.Timeline)
+	var out []*storage.Event
+	cursor := upper
+	limited := false
+	// Pages until enough visible events are found (history visibility may hide some).
+	for len(out) <= limit {
+		page, err := b.a.db.RoomEvents(ctx, roomID, cursor, lower, true, limit+1, f)
+		if err != nil {
+			return nil, false, err
+		}
+		if len(page) == 0 {
+			break
+		}
+		cursor = page[len(page)-1].Pos - 1
+		visible, err := vis.Filter(ctx, page)
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, visible...)
+		if len(page) < limit+1 {
+			break
+		}
+	}
+	if len(out) > limit {
+		out = out[:limit]
+		limited = true
+	}
+	slices.Reverse(out)
+	return out, limited, nil
+}
+
+func (b *syncBuilder) render(evs []*storage.Event) []rooms.ClientEvent {
+	return rooms.ToClientEvents(evs, b.viewer, rooms.FormatOptions{OmitRoomID: true})
+}
+
+func (b *syncBuilder) joinedRoom(ctx context.Context, m storage.Membership) error {
+	newlyJoined := b.since == 0 || m.Pos > b.since || b.req.fullState
+	vis, err := b.a.rooms.VisibilityFor(ctx, m.RoomID, b.viewer.UserID)
+	if err != nil {
+		return err
+	}
+	lower := b.since
+	if newlyJoined {
+		lower = 0
+	}
+	tl, limited, err := b.timelineWindow(ctx, m.RoomID, lower, b.to, vis)
+	if err != nil {
+		return err
+	}
+	jr := &joinedRoom{
+		State:       stateList{Events: []rooms.ClientEvent{}},
+		Timeline:    timeline{Events: b.render(tl), Limited: limited && (b.since > 0 || newlyJoined)},
+		Ephemeral:   eventList{Events: []any{}},
+		AccountData: eventList{Events: []any{}},
+	}
+	if newlyJoined {
+		jr.Timeline.Limited = limited
+	}
+	timelineStart := b.to
+	if len(tl) > 0 {
+		timelineStart = tl[0].Pos - 1
+	}
+	jr.Timeline.PrevBatch = rooms.StreamToken(timelineStart)
+
+	// State: everything up to the timeline's start when the room is new to
+	// this sync; otherwise the state changes between since and that start.
+	var state []*storage.Event
+	if newlyJoined {
+		state, err = b.a.db.StateAt(ctx, m.RoomID, timelineStart)
+	} else if limited {
+		state, err = b.a.db.StateChangesBetween(ctx, m.RoomID, b.since, timelineStart)
+	}
+	if err != nil {
+		return err
+	}
+	state = b.filterState(state, tl)
+	jr.State.Events = b.render(state)
+
+	if err := b.ephemeral(ctx, m.RoomID, jr); err != nil {
+		return err
+	}
+	membersChanged := newlyJoined
+	for _, e := range tl {
+		if e.Type == spec.MRoomMember {
+			membersChanged = true
+			if e.Membership != nil && e.StateKey != nil {
+				if *e.Membership == spec.Join {
+					b.changed[*e.StateKey] = struct{}{}
+				} else if *e.Membership == spec.Leave || *e.Membership == spec.Ban {
+					b.left[*e.StateKey] = struct{}{}
+				}
+			}
+		}
+	}
+	if newlyJoined {
+		for _, u := range b.a.rooms.Notifier().JoinedMembers(m.RoomID) {
+			b.changed[u] = struct{}{}
+		}
+	}
+	if membersChanged {
+		if err := b.summary(ctx, m.RoomID, jr); err != nil {
+			return err
+		}
+	}
+	hasNews := newlyJoined || len(tl) > 0 || len(jr.State.Events) > 0 || len(jr.Ephemeral.Events) > 0 || len(jr.AccountData.Events) > 0
+	if !hasNews {
+		return nil
+	}
+	if err := b.unread(ctx, m.RoomID, jr); err != nil {
+		return err
+	}
+	b.resp.Rooms.Join[m.RoomID] = jr
+	return nil
+}
+
+// filterState drops state already in the timeline, applies the state filter
+// and, with lazy_load_members, keeps only members that the timeline needs.
+func (b *syncBuilder) filterState(state, tl []*storage.Event) []*storage.Event {
+	inTimeline := make(map[string]struct{}, len(tl))
+	senders := map[string]struct{}{b.viewer.UserID: {}}
+	for _, e := range tl {
+		inTimeline[e.EventID] = struct{}{}
+		senders[e.Sender] = struct{}{}
+	}
+	sf := b.req.filter.Room.State
+	out := state[:0:0]
+	for _, e := range state {
+		if _, dup := inTimeline[e.EventID]; dup {
+			continue
+		}
+		if !matchPart(sf, e.Type, e.Sender) {
+			continue
+		}
+		if sf != nil && sf.LazyLoadMembers && e.Type == spec.MRoomMember && e.StateKey != nil {
+			if _, needed := senders[*e.StateKey]; !needed {
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func (b *syncBuilder) ephemeral(ctx context.Context, roomID string, jr *joinedRoom) error {
+	ef := b.req.filter.Room.Ephemeral
+	if users, changed := b.a.typing.Since(roomID, b.since); changed && matchPart(ef, "m.typing", "") {
+		if users == nil {
+			users = []string{}
+		}
+		jr.Ephemeral.Events = append(jr.Ephemeral.Events, map[string]any{
+			"type": "m.typing", "content": map[string]any{"user_ids": users},
+		})
+	}
+	if matchPart(ef, "m.receipt", "") {
+		receipts, err := b.a.db.ReceiptsSince(ctx, []string{roomID}, b.since, b.to)
+		if err != nil {
+			return err
+		}
+		content := map[string]map[string]map[string]any{}
+		for _, rc := range receipts {
+			if rc.ReceiptType == "m.read.private" && rc.UserID != b.viewer.UserID {
+				continue
+			}
+			byType := content[rc.EventID]
+			if byType == nil {
+				byType = map[string]map[string]any{}
+				content[rc.EventID] = byType
+			}
+			users := byType[rc.ReceiptType]
+			if users == nil {
+				users = map[string]any{}
+				byType[rc.ReceiptType] = users
+			}
+			entry := map[string]any{"ts": rc.TS}
+			if rc.ThreadID != "" {
+				entry["thread_id"] = rc.ThreadID
+			}
+			users[rc.UserID] = entry
+		}
+		if len(content) > 0 {
+			jr.Ephemeral.Events = append(jr.Ephemeral.Events, map[string]any{"type": "m.receipt", "content": content})
+		}
+	}
+	return nil
+}
+
+func (b *syncBuilder) summary(ctx context.Context, roomID string, jr *joinedRoom) error {
+	members, err := b.a.db.MembersOfRoom(ctx, roomID, spec.Join, spec.Invite)
+	if err != nil {
+		return err
+	}
+	joined, invited := 0, 0
+	var heroes []string
+	for _, m := range members {
+		if m.Membership == spec.Join {
+			joined++
+		} else {
+			invited++
+		}
+		if m.UserID != b.viewer.UserID {
+			heroes = append(heroes, m.UserID)
+		}
+	}
+	sort.Strings(heroes)
+	if len(heroes) > 5 {
+		heroes = heroes[:5]
+	}
+	jr.Summary = roomSummary{Heroes: heroes, JoinedMemberCount: &joined, InvitedMemberCount: &invited}
+	return nil
+}
+
+// notifyingTypes are the event types the default push rules notify for.
+var notifyingTypes = []string{"m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite", "m.poll.start", "org.matrix.msc3381.poll.start"}
+
+// unread counts messages from others after the user's read receipt (the
+// default push rules notify for exactly these); highlights are those that
+// mention the user.
+func (b *syncBuilder) unread(ctx context.Context, roomID string, jr *joinedRoom) error {
+	var after storage.StreamPos
+	if rc, err := b.a.db.LatestReceipt(ctx, roomID, b.viewer.UserID); err == nil {
+		if ev, err := b.a.db.EventByID(ctx, rc.EventID); err == nil {
+			after = ev.Pos
+		}
+	}
+	f := &storage.EventFilter{Types: notifyingTypes, NotSenders: []string{b.viewer.UserID}}
+	evs, err := b.a.db.RoomEvents(ctx, roomID, b.to, after, true, 100, f)
+	if err != nil {
+		return err
+	}
+	jr.UnreadNotifications.NotificationCount = len(evs)
+	localpart := strings.TrimPrefix(strings.SplitN(b.viewer.UserID, ":", 2)[0], "@")
+	for _, e := range evs {
+		if e.Body != nil && (strings.Contains(*e.Body, b.viewer.UserID) || strings.Contains(strings.ToLower(*e.Body), strings.ToLower(localpart))) {
+			jr.UnreadNotifications.HighlightCount++
+		} else if mentionsUser(e.PDUJSON, b.viewer.UserID) {
+			jr.UnreadNotifications.HighlightCount++
+		}
+	}
+	return nil
+}
+
+func mentionsUser(pdu []byte, userID string) bool {
+	var ev struct {
+		Content struct {
+			Mentions *struct {
+				UserIDs []string `json:"user_ids"`
+			} `json:"m.mentions"`
+		} `json:"content"`
+	}
+	if json.Unmarshal(pdu, &ev) != nil || ev.Content.Mentions == nil {
+		return false
+	}
+	return slices.Contains(ev.Content.Mentions.UserIDs, userID)
+}
+
+func (b *syncBuilder) invitedRoom(ctx context.Context, m storage.Membership) error {
+	st, err := b.a.rooms.InviteState(ctx, m.RoomID, b.viewer.UserID)
+	if err != nil {
+		return err
+	}
+	ir := &invitedRoom{}
+	ir.InviteState.Events = st
+	if ir.InviteState.Events == nil {
+		ir.InviteState.Events = []rooms.StrippedEvent{}
+	}
+	b.resp.Rooms.Invite[m.RoomID] = ir
+	return nil
+}
+
+func (b *syncBuilder) leftRoom(ctx context.Context, m storage.Membership) error {
+	vis, err := b.a.rooms.VisibilityFor(ctx, m.RoomID, b.viewer.UserID)
+	if err != nil {
+		return err
+	}
+	upper := min(m.Pos, b.to)
+	lower := b.since
+	if b.req.fullState || b.since == 0 {
+		lower = 0
+	}
+	tl, limited, err := b.timelineWindow(ctx, m.RoomID, lower, upper, vis)
+	if err != nil {
+		return err
+	}
+	start := upper
+	if len(tl) > 0 {
+		start = tl[0].Pos - 1
+	}
+	var state []*storage.Event
+	if lower == 0 {
+		state, err = b.a.db.StateAt(ctx, m.RoomID, start)
+	} else {
+		state, err = b.a.db.StateChangesBetween(ctx, m.RoomID, lower, start)
+	}
+	if err != nil {
+		return err
+	}
+	b.resp.Rooms.Leave[m.RoomID] = &leftRoom{
+		State:       stateList{Events: b.render(b.filterState(state, tl))},
+		Timeline:    timeline{Events: b.render(tl), Limited: limited, PrevBatch: rooms.StreamToken(start)},
+		AccountData: eventList{Events: []any{}},
+	}
+	return nil
+}
+
+// globalData adds account data, presence, to-device messages, device-list
+// changes and one-time-key counts.
+func (b *syncBuilder) globalData(ctx context.Context, sharing map[string]struct{}) error {
+	a, s := b.a, b.req.session
+	data, err := a.db.AccountDataSince(ctx, s.UserID, b.since, b.to)
+	if err != nil {
+		return err
+	}
+	for _, d := range data {
+		ev := map[string]any{"type": d.Type, "content": d.Content}
+		if d.RoomID == "" {
+			if matchPart(b.req.filter.AccountData, d.Type, "") {
+				b.resp.AccountData.Events = append(b.resp.AccountData.Events, ev)
+			}
+			continue
+		}
+		if !b.roomAllowed(d.RoomID) || !matchPart(b.req.filter.Room.AccountData, d.Type, "") {
+			continue
+		}
+		if jr := b.resp.Rooms.Join[d.RoomID]; jr != nil {
+			jr.AccountData.Events = append(jr.AccountData.Events, ev)
+		} else if lr := b.resp.Rooms.Leave[d.RoomID]; lr != nil {
+			lr.AccountData.Events = append(lr.AccountData.Events, ev)
+		} else if m, err := a.db.MembershipOf(ctx, d.RoomID, s.UserID); err == nil && m.Membership == spec.Join {
+			jr := &joinedRoom{
+				State:       stateList{Events: []rooms.ClientEvent{}},
+				Timeline:    timeline{Events: []rooms.ClientEvent{}, PrevBatch: rooms.StreamToken(b.to)},
+				Ephemeral:   eventList{Events: []any{}},
+				AccountData: eventList{Events: []any{ev}},
+			}
+			if err := b.unread(ctx, d.RoomID, jr); err != nil {
+				return err
+			}
+			b.resp.Rooms.Join[d.RoomID] = jr
+		}
+	}
+
+	users := make([]string, 0, len(sharing))
+	for u := range sharing {
+		users = append(users, u)
+	}
+	sort.Strings(users)
+	presence, err := a.db.PresenceSince(ctx, users, b.since, b.to)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UnixMilli()
+	for _, p := range presence {
+		if !matchPart(b.req.filter.Presence, "m.presence", p.UserID) {
+			continue
+		}
+		content := map[string]any{"presence": p.Presence, "currently_active": p.CurrentlyActive}
+		if p.LastActiveTS > 0 {
+			content["last_active_ago"] = max(now-p.LastActiveTS, 0)
+		}
+		if p.StatusMsg != nil {
+			content["status_msg"] = *p.StatusMsg
+		}
+		b.resp.Presence.Events = append(b.resp.Presence.Events, map[string]any{"type": "m.presence", "sender": p.UserID, "content": content})
+	}
+
+	// To-device: messages up to the last acknowledged position are gone
+	// once the client syncs past them.
+	tdFrom := storage.StreamPos(0)
+	if b.req.since != nil {
+		tdFrom = b.req.since.ToDevice
+		if err := a.db.DeleteToDeviceUpTo(ctx, s.UserID, s.DeviceID, tdFrom); err != nil {
+			return err
+		}
+	}
+	msgs, err := a.db.ToDeviceSince(ctx, s.UserID, s.DeviceID, tdFrom, b.to, maxToDevicePerSync)
+	if err != nil {
+		return err
+	}
+	b.toDevicePos = b.to
+	if len(msgs) == maxToDevicePerSync {
+		b.toDevicePos = msgs[len(msgs)-1].Pos
+	}
+	for _, m := range msgs {
+		b.resp.ToDevice.Events = append(b.resp.ToDevice.Events, map[string]any{"sender": m.Sender, "type": m.Type, "content": m.Content})
+	}
+
+	if b.since > 0 {
+		changed, err := a.db.DeviceListChangesSince(ctx, b.since, b.to)
+		if err != nil {
+			return err
+		}
+		for _, u := range changed {
+			if _, ok := sharing[u]; ok {
+				b.changed[u] = struct{}{}
+			}
+		}
+		for u := range b.changed {
+			b.resp.DeviceLists.Changed = append(b.resp.DeviceLists.Changed, u)
+		}
+		for u := range b.left {
+			if _, still := sharing[u]; still || u == s.UserID {
+				continue
+			}
+			b.resp.DeviceLists.Left = append(b.resp.DeviceLists.Left, u)
+		}
+		sort.Strings(b.resp.DeviceLists.Changed)
+		sort.Strings(b.resp.DeviceLists.Left)
+	}
+
+	counts, err := a.db.OneTimeKeyCounts(ctx, s.UserID, s.DeviceID)
+	if err != nil {
+		return err
+	}
+	if counts == nil {
+		counts = map[string]int{}
+	}
+	if _, ok := counts["signed_curve25519"]; !ok {
+		counts["signed_curve25519"] = 0
+	}
+	b.resp.DeviceOneTimeKeysCount = counts
+	fallback, err := a.db.UnusedFallbackKeyTypes(ctx, s.UserID, s.DeviceID)
+	if err != nil {
+		return err
+	}
+	if fallback == nil {
+		fallback = []string{}
+	}
+	b.resp.DeviceUnusedFallbackKeyTypes = fallback
+	b.resp.OrgMatrixMSC2732FallbackTypes = fallback
+	return nil
+}
