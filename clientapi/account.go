@@ -38,6 +38,7 @@ func (a *API) registerAccount(rt routes) {
 	rt.client("/login", a.public(a.loginFlows), http.MethodGet)
 	rt.client("/login", a.public(a.rateLimited(a.login)), http.MethodPost)
 	rt.client("/refresh", a.public(a.rateLimited(a.refresh)), http.MethodPost)
+	rt.v1("/refresh", a.public(a.rateLimited(a.refresh)), http.MethodPost) // matrix-js-sdk tries v1 first
 	// this file
 	rt.client("/logout", a.authed(a.logout), http.MethodPost)
 	rt.client("/logout/all", a.authed(a.logoutAll), http.MethodPost)

@@ -35,6 +35,11 @@ type API struct {
 	typing   *rooms.Typing
 	// presence caches the last presence written per user (see setPresence).
 	presence *presenceCache
+	// keyCountCache and unread keep idle /sync long-polls off the database.
+	keyCountCache *keyCountCache
+	unread        *unreadCache
+	// sessions caches authenticated tokens (see sessionCache).
+	sessions *sessionCache
 }
 
 // NewAPI builds the client API. reg receives the HTTP metrics (nil: a fresh registry).
@@ -53,6 +58,10 @@ func NewAPI(cfg *config.Config, db *storage.DB, rs *rooms.Service, log *slog.Log
 		accounts: newAccountState(),
 		typing:   rs.Typing(),
 		presence: newPresenceCache(),
+
+		keyCountCache: newKeyCountCache(),
+		unread:        newUnreadCache(),
+		sessions:      newSessionCache(),
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -80,6 +81,14 @@ func (a *API) authenticate(r *http.Request) (*Session, error) {
 		return nil, errUnknownToken
 	}
 	hash := HashToken(token)
+	gen := a.db.AuthGeneration() // read before the lookup: see sessionCache.put
+	if s, expires, ok := a.sessions.get(hash, gen); ok {
+		if expires > 0 && time.Now().UnixMilli() >= expires {
+			return nil, mautrix.MUnknownToken.WithMessage("Access token has expired").WithExtraField("soft_logout", true)
+		}
+		a.noteDeviceSeen(r, s)
+		return s, nil
+	}
 	at, err := a.db.AccessTokenByHash(r.Context(), hash)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, errUnknownToken
@@ -108,6 +117,7 @@ func (a *API) authenticate(r *http.Request) (*Session, error) {
 	if u.AppserviceID != nil {
 		s.AppserviceID = *u.AppserviceID
 	}
+	a.sessions.put(hash, s, at.ExpiresTS, gen)
 	a.noteDeviceSeen(r, s) // at most one write per device per minute
 	return s, nil
 }
@@ -156,4 +166,55 @@ func guestAllowed(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// sessionCache maps token hashes to sessions. An entry is only used while
+// the database's auth generation is the one it was read at: any revocation,
+// logout, device deletion or user change anywhere drops every entry, so a
+// revoked token fails on its very next request.
+type sessionCache struct {
+	mu      sync.Mutex
+	gen     uint64
+	entries map[string]cachedSession
+}
+
+type cachedSession struct {
+	session Session
+	expires int64
+}
+
+const maxCachedSessions = 50000
+
+func newSessionCache() *sessionCache {
+	return &sessionCache{entries: make(map[string]cachedSession)}
+}
+
+func (c *sessionCache) get(hash string, gen uint64) (*Session, int64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return nil, 0, false
+	}
+	e, ok := c.entries[hash]
+	if !ok {
+		return nil, 0, false
+	}
+	s := e.session // each request gets its own copy
+	return &s, e.expires, true
+}
+
+// put caches a session looked up at generation gen. gen was read before the
+// lookup, so a revocation that raced with it leaves an entry of an old
+// generation, which get never returns.
+func (c *sessionCache) put(hash string, s *Session, expires int64, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen < c.gen {
+		return
+	}
+	if gen > c.gen || len(c.entries) >= maxCachedSessions {
+		c.gen = gen
+		c.entries = make(map[string]cachedSession)
+	}
+	c.entries[hash] = cachedSession{session: *s, expires: expires}
 }

@@ -29,7 +29,7 @@ func (noRoomsStateStore) FindSharedRooms(context.Context, id.UserID) ([]id.RoomI
 	return nil, nil
 }
 
-func newOlmMachine(t *testing.T, ts *testServer, userID, token, deviceID string) *crypto.OlmMachine {
+func keysOlmMachine(t *testing.T, ts *testServer, userID, token, deviceID string) *crypto.OlmMachine {
 	t.Helper()
 	ctx := context.Background()
 	cli, err := mautrix.NewClient(ts.URL, id.UserID(userID), token)
@@ -52,8 +52,8 @@ func TestMautrixCryptoOlmAndCrossSigning(t *testing.T) {
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	ctx := context.Background()
-	aliceMach := newOlmMachine(t, ts, alice, aliceTok, "DEVALICE")
-	bobMach := newOlmMachine(t, ts, bob, bobTok, "DEVBOB")
+	aliceMach := keysOlmMachine(t, ts, alice, aliceTok, "DEVALICE")
+	bobMach := keysOlmMachine(t, ts, bob, bobTok, "DEVBOB")
 
 	// Olm: alice fetches bob's device (checking its self-signature), claims
 	// a one-time key (checking its signature), and sends an encrypted
@@ -115,7 +115,7 @@ func TestMautrixCryptoOlmAndCrossSigning(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	bobPhone := newOlmMachine(t, ts, bob, phoneTok, "BOBPHONE")
+	bobPhone := keysOlmMachine(t, ts, bob, phoneTok, "BOBPHONE")
 	if err := bobPhone.ImportCrossSigningKeys(bobMach.ExportCrossSigningKeys()); err != nil {
 		t.Fatal(err)
 	}

@@ -101,8 +101,8 @@ func signedOTKs(t *testing.T, devKey e2eKey, userID, deviceID, prefix string, n 
 	return out
 }
 
-// jsonValue round-trips v through JSON for comparisons.
-func jsonValue(t *testing.T, v any) any {
+// keysJSONValue round-trips v through JSON for comparisons.
+func keysJSONValue(t *testing.T, v any) any {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -115,8 +115,8 @@ func jsonValue(t *testing.T, v any) any {
 	return out
 }
 
-// dig walks nested JSON objects; nil when a step is missing.
-func dig(v any, keys ...string) any {
+// keysDig walks nested JSON objects; nil when a step is missing.
+func keysDig(v any, keys ...string) any {
 	for _, k := range keys {
 		m, ok := v.(map[string]any)
 		if !ok {
@@ -127,10 +127,10 @@ func dig(v any, keys ...string) any {
 	return v
 }
 
-func sameJSONValue(t *testing.T, a, b any) bool {
+func keysSameJSON(t *testing.T, a, b any) bool {
 	t.Helper()
-	ja, _ := json.Marshal(jsonValue(t, a))
-	jb, _ := json.Marshal(jsonValue(t, b))
+	ja, _ := json.Marshal(keysJSONValue(t, a))
+	jb, _ := json.Marshal(keysJSONValue(t, b))
 	return bytes.Equal(ja, jb)
 }
 
@@ -164,10 +164,10 @@ func TestKeysUploadAndQuery(t *testing.T) {
 		t.Fatalf("unsigned = %v, want device_display_name %q", unsigned, name)
 	}
 	delete(got, "unsigned")
-	if !sameJSONValue(t, got, dk) {
+	if !keysSameJSON(t, got, dk) {
 		t.Fatalf("queried keys %v differ from uploaded %v", got, dk)
 	}
-	if nobody := out["device_keys"].(map[string]any)["@nobody:"+ts.cfg.ServerName]; !sameJSONValue(t, nobody, map[string]any{}) {
+	if nobody := out["device_keys"].(map[string]any)["@nobody:"+ts.cfg.ServerName]; !keysSameJSON(t, nobody, map[string]any{}) {
 		t.Fatalf("unknown user's devices = %v, want {}", nobody)
 	}
 	if f, ok := out["failures"].(map[string]any); !ok || len(f) != 0 {
@@ -219,8 +219,8 @@ func TestKeysUploadAndQuery(t *testing.T) {
 	ts.wantErr(404, "M_NOT_FOUND", "GET", "/_matrix/client/v3/room_keys/version/1", aliceTok, nil)
 }
 
-// postRaw is a goroutine-safe POST (ts.do must not be called off the test goroutine).
-func postRaw(base, path, token string, body any) (int, []byte, error) {
+// keysPostRaw is a goroutine-safe POST (ts.do must not be called off the test goroutine).
+func keysPostRaw(base, path, token string, body any) (int, []byte, error) {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return 0, nil, err
@@ -272,7 +272,7 @@ func TestKeysClaimExactlyOnceWithFallback(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			status, raw, err := postRaw(ts.URL, "/_matrix/client/v3/keys/claim", bobTok, map[string]any{
+			status, raw, err := keysPostRaw(ts.URL, "/_matrix/client/v3/keys/claim", bobTok, map[string]any{
 				"one_time_keys": map[string]any{alice: map[string]string{"DEVALICE": "signed_curve25519"}},
 			})
 			if err != nil || status != 200 {
@@ -344,8 +344,8 @@ func TestKeysClaimExactlyOnceWithFallback(t *testing.T) {
 	ts.wantErr(400, "M_BAD_JSON", "POST", "/_matrix/client/v3/keys/claim", bobTok, map[string]any{"one_time_keys": "x"})
 }
 
-// shareRoom puts users in one public room and returns its id.
-func shareRoom(t *testing.T, ts *testServer, creator string, others ...string) string {
+// keysShareRoom puts users in one public room and returns its id.
+func keysShareRoom(t *testing.T, ts *testServer, creator string, others ...string) string {
 	t.Helper()
 	ctx := context.Background()
 	roomID, err := ts.rooms.CreateRoom(ctx, rooms.CreateRoomRequest{Creator: creator, Preset: "public_chat"})
@@ -365,7 +365,7 @@ func TestKeysChanges(t *testing.T) {
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	carol, carolTok := ts.createUser("carol")
-	roomID := shareRoom(t, ts, alice, bob)
+	roomID := keysShareRoom(t, ts, alice, bob)
 
 	from := rooms.StreamToken(ts.rooms.Notifier().Latest())
 	bobKeys, _ := signedDeviceKeys(t, bob, "DEVBOB")
@@ -375,12 +375,12 @@ func TestKeysChanges(t *testing.T) {
 	mid := ts.rooms.Notifier().Latest()
 
 	out := ts.mustDo(200, "GET", "/_matrix/client/v3/keys/changes?from="+from+"&to="+rooms.StreamToken(mid), aliceTok, nil)
-	if !sameJSONValue(t, out["changed"], []string{bob}) || !sameJSONValue(t, out["left"], []string{}) {
+	if !keysSameJSON(t, out["changed"], []string{bob}) || !keysSameJSON(t, out["left"], []string{}) {
 		t.Fatalf("changes = %v, want changed [bob] (carol shares no room)", out)
 	}
 	// A sync-style token with a to-device suffix parses too; nothing changed since.
 	out = ts.mustDo(200, "GET", "/_matrix/client/v3/keys/changes?from="+rooms.StreamToken(mid)+"_0", aliceTok, nil)
-	if !sameJSONValue(t, out["changed"], []string{}) {
+	if !keysSameJSON(t, out["changed"], []string{}) {
 		t.Fatalf("changes since mid = %v, want none", out)
 	}
 	// Re-uploading identical device keys is not a change.
@@ -397,7 +397,7 @@ func TestKeysChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	out = ts.mustDo(200, "GET", "/_matrix/client/v3/keys/changes?from="+rooms.StreamToken(mid), aliceTok, nil)
-	if !sameJSONValue(t, out["changed"], []string{carol}) || !sameJSONValue(t, out["left"], []string{bob}) {
+	if !keysSameJSON(t, out["changed"], []string{carol}) || !keysSameJSON(t, out["left"], []string{bob}) {
 		t.Fatalf("changes after join/leave = %v, want changed [carol] left [bob]", out)
 	}
 
@@ -406,7 +406,7 @@ func TestKeysChanges(t *testing.T) {
 	ts.wantErr(401, "M_MISSING_TOKEN", "GET", "/_matrix/client/v3/keys/changes?from=s0", "", nil)
 }
 
-// crossSigningKeys builds a signed master/self-signing/user-signing set.
+// newCrossSigningSet builds a signed master/self-signing/user-signing set.
 type crossSigningSet struct {
 	master, ssk, usk          e2eKey
 	masterObj, sskObj, uskObj map[string]any
@@ -453,7 +453,7 @@ func TestCrossSigningAndSignatures(t *testing.T) {
 	// First upload: no UIA needed.
 	before := ts.rooms.Notifier().Latest()
 	ts.mustDo(200, "POST", "/_matrix/client/v3/keys/device_signing/upload", aliceTok, cs.upload())
-	if changed, _ := ts.db.DeviceListChangesSince(ctx, before, ts.rooms.Notifier().Latest()); !sameJSONValue(t, changed, []string{alice}) {
+	if changed, _ := ts.db.DeviceListChangesSince(ctx, before, ts.rooms.Notifier().Latest()); !keysSameJSON(t, changed, []string{alice}) {
 		t.Fatalf("device list changes after cross-signing upload = %v", changed)
 	}
 	// Repeating the same keys is fine without UIA too.
@@ -461,7 +461,7 @@ func TestCrossSigningAndSignatures(t *testing.T) {
 
 	out := ts.mustDo(200, "POST", "/_matrix/client/v3/keys/query", aliceTok, map[string]any{"device_keys": map[string]any{alice: []string{}}})
 	for field, want := range map[string]any{"master_keys": cs.masterObj, "self_signing_keys": cs.sskObj, "user_signing_keys": cs.uskObj} {
-		if got := out[field].(map[string]any)[alice]; !sameJSONValue(t, got, want) {
+		if got := out[field].(map[string]any)[alice]; !keysSameJSON(t, got, want) {
 			t.Fatalf("%s = %v, want %v", field, got, want)
 		}
 	}
@@ -507,10 +507,10 @@ func TestCrossSigningAndSignatures(t *testing.T) {
 		t.Fatalf("alice's signature not on bob's master key in her query: %v", bobMaster)
 	}
 	out = ts.mustDo(200, "POST", "/_matrix/client/v3/keys/query", bobTok, map[string]any{"device_keys": map[string]any{bob: []string{}}})
-	if dig(out, "master_keys", bob) == nil {
+	if keysDig(out, "master_keys", bob) == nil {
 		t.Fatalf("bob's own query lacks his master key: %v", out)
 	}
-	if sig := dig(out, "master_keys", bob, "signatures", alice); sig != nil {
+	if sig := keysDig(out, "master_keys", bob, "signatures", alice); sig != nil {
 		t.Fatal("alice's user-signing signature visible to bob")
 	}
 
@@ -544,7 +544,7 @@ func TestCrossSigningAndSignatures(t *testing.T) {
 	withAuth["auth"].(map[string]any)["password"] = "hunter2"
 	ts.mustDo(200, "POST", "/_matrix/client/v3/keys/device_signing/upload", aliceTok, withAuth)
 	out = ts.mustDo(200, "POST", "/_matrix/client/v3/keys/query", aliceTok, map[string]any{"device_keys": map[string]any{alice: []string{}}})
-	if got := out["master_keys"].(map[string]any)[alice]; !sameJSONValue(t, got, cs2.masterObj) {
+	if got := out["master_keys"].(map[string]any)[alice]; !keysSameJSON(t, got, cs2.masterObj) {
 		t.Fatalf("master key after replacement = %v", got)
 	}
 	// Signatures by the replaced self-signing key are gone with it.

@@ -122,6 +122,7 @@ func TestRefreshTokens(t *testing.T) {
 	}
 	ts.wantErr(http.StatusBadRequest, "M_MISSING_PARAM", "POST", path, "", map[string]any{})
 	ts.wantErr(http.StatusBadRequest, "M_NOT_JSON", "POST", path, "", "{")
+	ts.wantErr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "POST", "/_matrix/client/v1/refresh", "", map[string]any{"refresh_token": "nope"})
 }
 
 func TestAccessTokenExpiry(t *testing.T) {

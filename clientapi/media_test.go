@@ -48,8 +48,8 @@ func mediaRequest(t *testing.T, method, url, token, contentType string, body io.
 	return resp, raw
 }
 
-// uploadMedia uploads data and returns the media id.
-func uploadMedia(t *testing.T, ts *testServer, token, contentType, filename string, data []byte) string {
+// mediaUpload uploads data and returns the media id.
+func mediaUpload(t *testing.T, ts *testServer, token, contentType, filename string, data []byte) string {
 	t.Helper()
 	u := ts.URL + "/_matrix/media/v3/upload"
 	if filename != "" {
@@ -72,7 +72,7 @@ func uploadMedia(t *testing.T, ts *testServer, token, contentType, filename stri
 	return strings.TrimPrefix(out.ContentURI, prefix)
 }
 
-func wantMatrixError(t *testing.T, resp *http.Response, raw []byte, status int, errcode string) {
+func mediaWantErr(t *testing.T, resp *http.Response, raw []byte, status int, errcode string) {
 	t.Helper()
 	var e struct {
 		ErrCode string `json:"errcode"`
@@ -88,7 +88,7 @@ func TestMediaRoundTrip(t *testing.T) {
 	alice, tok := ts.createUser("alice")
 	data := make([]byte, 100_000)
 	_, _ = rand.Read(data)
-	id := uploadMedia(t, ts, tok, "image/png", "cat picture.png", data)
+	id := mediaUpload(t, ts, tok, "image/png", "cat picture.png", data)
 
 	rec, err := ts.db.MediaByID(context.Background(), id)
 	sum := sha256.Sum256(data)
@@ -134,13 +134,13 @@ func TestMediaRoundTrip(t *testing.T) {
 	}
 
 	// Unsafe types download as attachments; non-ASCII names are encoded.
-	htmlID := uploadMedia(t, ts, tok, "text/html", "naïve.html", []byte("<script>alert(1)</script>"))
+	htmlID := mediaUpload(t, ts, tok, "text/html", "naïve.html", []byte("<script>alert(1)</script>"))
 	resp, _ = mediaRequest(t, "GET", ts.URL+"/_matrix/media/v3/download/"+server+"/"+htmlID, "", "", nil)
 	if got := resp.Header.Get("Content-Disposition"); got != `attachment; filename*=utf-8''na%C3%AFve.html` {
 		t.Fatalf("html Content-Disposition = %q", got)
 	}
 	// No Content-Type: octet-stream, attachment, no filename.
-	rawID := uploadMedia(t, ts, tok, "", "", []byte("abc"))
+	rawID := mediaUpload(t, ts, tok, "", "", []byte("abc"))
 	resp, raw := mediaRequest(t, "GET", ts.URL+"/_matrix/media/v3/download/"+server+"/"+rawID, "", "", nil)
 	if resp.Header.Get("Content-Type") != "application/octet-stream" || resp.Header.Get("Content-Disposition") != "attachment" || string(raw) != "abc" {
 		t.Fatalf("untyped download: %v %q", resp.Header, raw)
@@ -148,11 +148,11 @@ func TestMediaRoundTrip(t *testing.T) {
 
 	// Authentication: uploads and v1 downloads need a token.
 	resp, raw = mediaRequest(t, "POST", ts.URL+"/_matrix/media/v3/upload", "", "text/plain", strings.NewReader("x"))
-	wantMatrixError(t, resp, raw, 401, "M_MISSING_TOKEN")
+	mediaWantErr(t, resp, raw, 401, "M_MISSING_TOKEN")
 	resp, raw = mediaRequest(t, "GET", ts.URL+"/_matrix/client/v1/media/download/"+server+"/"+id, "", "", nil)
-	wantMatrixError(t, resp, raw, 401, "M_MISSING_TOKEN")
+	mediaWantErr(t, resp, raw, 401, "M_MISSING_TOKEN")
 	resp, raw = mediaRequest(t, "GET", ts.URL+"/_matrix/client/v1/media/download/"+server+"/"+id, "bogus", "", nil)
-	wantMatrixError(t, resp, raw, 401, "M_UNKNOWN_TOKEN")
+	mediaWantErr(t, resp, raw, 401, "M_UNKNOWN_TOKEN")
 
 	// Unknown media, other servers, malformed ids: 404.
 	for _, p := range []string{
@@ -162,7 +162,7 @@ func TestMediaRoundTrip(t *testing.T) {
 		"/_matrix/client/v1/media/thumbnail/" + server + "/doesNotExist?width=32&height=32",
 	} {
 		resp, raw = mediaRequest(t, "GET", ts.URL+p, tok, "", nil)
-		wantMatrixError(t, resp, raw, 404, "M_NOT_FOUND")
+		mediaWantErr(t, resp, raw, 404, "M_NOT_FOUND")
 	}
 
 	// Config and (unsupported) URL previews.
@@ -182,7 +182,7 @@ func TestMediaUploadTooLarge(t *testing.T) {
 
 	// Declared too large: refused up front.
 	resp, raw := mediaRequest(t, "POST", ts.URL+"/_matrix/media/v3/upload", tok, "application/octet-stream", bytes.NewReader(make([]byte, 2048)))
-	wantMatrixError(t, resp, raw, 413, "M_TOO_LARGE")
+	mediaWantErr(t, resp, raw, 413, "M_TOO_LARGE")
 	// Streamed without a length: cut off while reading, nothing kept.
 	pr, pw := io.Pipe()
 	go func() {
@@ -190,7 +190,7 @@ func TestMediaUploadTooLarge(t *testing.T) {
 		pw.Close()
 	}()
 	resp, raw = mediaRequest(t, "POST", ts.URL+"/_matrix/media/r0/upload", tok, "application/octet-stream", pr)
-	wantMatrixError(t, resp, raw, 413, "M_TOO_LARGE")
+	mediaWantErr(t, resp, raw, 413, "M_TOO_LARGE")
 	var files []string
 	_ = filepath.WalkDir(ts.cfg.MediaDir(), func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
@@ -202,7 +202,7 @@ func TestMediaUploadTooLarge(t *testing.T) {
 		t.Fatalf("oversized uploads left files: %v", files)
 	}
 	// At the limit is fine.
-	uploadMedia(t, ts, tok, "application/octet-stream", "", make([]byte, 1024))
+	mediaUpload(t, ts, tok, "application/octet-stream", "", make([]byte, 1024))
 }
 
 func TestMediaThumbnail(t *testing.T) {
@@ -218,7 +218,7 @@ func TestMediaThumbnail(t *testing.T) {
 	if err := png.Encode(&buf, img); err != nil {
 		t.Fatal(err)
 	}
-	id := uploadMedia(t, ts, tok, "image/png", "gradient.png", buf.Bytes())
+	id := mediaUpload(t, ts, tok, "image/png", "gradient.png", buf.Bytes())
 	server := ts.cfg.ServerName
 
 	thumb := func(path, token string) (image.Image, []byte) {
@@ -265,17 +265,17 @@ func TestMediaThumbnail(t *testing.T) {
 	// Errors.
 	base := ts.URL + "/_matrix/client/v1/media/thumbnail/" + server + "/" + id
 	resp, raw := mediaRequest(t, "GET", base+"?width=64&height=64", "", "", nil)
-	wantMatrixError(t, resp, raw, 401, "M_MISSING_TOKEN")
+	mediaWantErr(t, resp, raw, 401, "M_MISSING_TOKEN")
 	resp, raw = mediaRequest(t, "GET", base+"?height=64", tok, "", nil)
-	wantMatrixError(t, resp, raw, 400, "M_MISSING_PARAM")
+	mediaWantErr(t, resp, raw, 400, "M_MISSING_PARAM")
 	resp, raw = mediaRequest(t, "GET", base+"?width=-1&height=64", tok, "", nil)
-	wantMatrixError(t, resp, raw, 400, "M_INVALID_PARAM")
+	mediaWantErr(t, resp, raw, 400, "M_INVALID_PARAM")
 	resp, raw = mediaRequest(t, "GET", base+"?width=64&height=64&method=stretch", tok, "", nil)
-	wantMatrixError(t, resp, raw, 400, "M_INVALID_PARAM")
-	textID := uploadMedia(t, ts, tok, "text/plain", "notes.txt", []byte("hello"))
+	mediaWantErr(t, resp, raw, 400, "M_INVALID_PARAM")
+	textID := mediaUpload(t, ts, tok, "text/plain", "notes.txt", []byte("hello"))
 	resp, raw = mediaRequest(t, "GET", ts.URL+"/_matrix/client/v1/media/thumbnail/"+server+"/"+textID+"?width=64&height=64", tok, "", nil)
-	wantMatrixError(t, resp, raw, 400, "M_UNKNOWN")
-	brokenID := uploadMedia(t, ts, tok, "image/png", "broken.png", []byte("not a png"))
+	mediaWantErr(t, resp, raw, 400, "M_UNKNOWN")
+	brokenID := mediaUpload(t, ts, tok, "image/png", "broken.png", []byte("not a png"))
 	resp, raw = mediaRequest(t, "GET", ts.URL+"/_matrix/client/v1/media/thumbnail/"+server+"/"+brokenID+"?width=64&height=64", tok, "", nil)
-	wantMatrixError(t, resp, raw, 400, "M_UNKNOWN")
+	mediaWantErr(t, resp, raw, 400, "M_UNKNOWN")
 }

@@ -40,7 +40,7 @@ func rmBodies(t *testing.T, ts *testServer, token, roomID string) []string {
 }
 
 func TestMessagesPaginationIsExact(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	_, aliceTok := ts.createUser("alice")
 	roomID := rmCreate(t, ts, aliceTok, nil)
 	const n = 500
@@ -136,7 +136,7 @@ func TestMessagesPaginationIsExact(t *testing.T) {
 }
 
 func TestMessagesFiltersAndErrors(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	_, carolTok := ts.createUser("carol")
@@ -224,7 +224,7 @@ func TestHistoryVisibility(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.visibility, func(t *testing.T) {
-			ts := newTestServer(t)
+			ts := rmNewServer(t)
 			_, aliceTok := ts.createUser("alice")
 			bob, bobTok := ts.createUser("bob")
 			_, carolTok := ts.createUser("carol")
@@ -272,7 +272,7 @@ func TestHistoryVisibility(t *testing.T) {
 }
 
 func TestEventContext(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	_, aliceTok := ts.createUser("alice")
 	_, bobTok := ts.createUser("bob")
 	roomID := rmCreate(t, ts, aliceTok, nil)
@@ -320,7 +320,7 @@ func TestEventContext(t *testing.T) {
 }
 
 func TestRelationsAndThreads(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	_, bobTok := ts.createUser("bob")
 	_, carolTok := ts.createUser("carol")
@@ -339,8 +339,8 @@ func TestRelationsAndThreads(t *testing.T) {
 	reaction := rmSendContent(t, ts, bobTok, roomID, "m.reaction", map[string]any{
 		"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": root, "key": "👍"}})
 	edit := rmSendContent(t, ts, aliceTok, roomID, "m.room.message", map[string]any{"msgtype": "m.text", "body": "* root!",
-		"m.new_content":  map[string]any{"msgtype": "m.text", "body": "root!"},
-		"m.relates_to": map[string]any{"rel_type": "m.replace", "event_id": root}})
+		"m.new_content": map[string]any{"msgtype": "m.text", "body": "root!"},
+		"m.relates_to":  map[string]any{"rel_type": "m.replace", "event_id": root}})
 	// A reaction to a thread reply relates to the root only indirectly.
 	nested := rmSendContent(t, ts, carolTok, roomID, "m.reaction", map[string]any{
 		"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": t1, "key": "🎉"}})

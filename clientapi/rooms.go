@@ -99,8 +99,6 @@ func hideUnknownRoom(err error) error {
 // and world_readable rooms) or the room as it was when they left.
 type roomReader struct {
 	roomID string
-	// membership is the user's current membership ("" if never a member).
-	membership string
 	// until is the last position the user may read (their leave or ban);
 	// 0 means up to now.
 	until storage.StreamPos
@@ -136,11 +134,8 @@ func (a *API) readAccess(ctx context.Context, roomID, userID string, allowDepart
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return nil, err
 	}
-	if m != nil {
-		rr.membership = m.Membership
-		if m.Membership == spec.Join {
-			return rr, nil
-		}
+	if m != nil && m.Membership == spec.Join {
+		return rr, nil
 	}
 	worldReadable, err := a.rooms.WorldReadable(ctx, roomID)
 	if err != nil {
@@ -340,6 +335,16 @@ func (a *API) resolveRoomIDOrAlias(r *http.Request) (string, error) {
 // join makes the session's user join roomID with their global profile.
 // An unknown room is 404 M_NOT_FOUND here (nothing to hide: there is nothing to join).
 func (a *API) join(ctx context.Context, s *Session, roomID string, body membershipBody) error {
+	if s.IsGuest {
+		// The auth rules do not know guests; the spec's m.room.guest_access does.
+		ev, err := a.rooms.CurrentStateEvent(ctx, roomID, "m.room.guest_access", "")
+		if err != nil {
+			return err
+		}
+		if ev == nil || gjson.GetBytes(ev.Content(), "guest_access").Str != "can_join" {
+			return mautrix.MForbidden.WithMessage("Guest access is not allowed in this room")
+		}
+	}
 	u, err := a.db.UserByID(ctx, s.UserID)
 	if err != nil {
 		return err

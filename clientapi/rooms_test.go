@@ -2,19 +2,53 @@ package clientapi
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/agentspace/agentspace/config"
 	"github.com/agentspace/agentspace/rooms"
 	"github.com/agentspace/agentspace/storage"
 )
 
 const rmV3 = "/_matrix/client/v3"
+
+// rmNewServer starts a test server on SQLite or, when
+// AGENTSPACE_TEST_POSTGRES holds a PostgreSQL URL (of a role that may create
+// databases), on a fresh PostgreSQL database that is dropped afterwards.
+func rmNewServer(t *testing.T) *testServer {
+	t.Helper()
+	dsn := os.Getenv("AGENTSPACE_TEST_POSTGRES")
+	if dsn == "" {
+		return newTestServer(t)
+	}
+	admin, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatalf("postgres: %v", err)
+	}
+	name := fmt.Sprintf("agentspace_test_%d", time.Now().UnixNano())
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		admin.Close()
+		t.Fatalf("creating test database: %v", err)
+	}
+	t.Cleanup(func() { // registered first, so it runs after the server stopped
+		_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+		admin.Close()
+	})
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return newTestServer(t, func(c *config.Config) { c.Database.URL = u.String() })
+}
 
 var rmTxn atomic.Int64
 
@@ -130,7 +164,7 @@ func rmChunk(t *testing.T, out map[string]any, key string) []map[string]any {
 }
 
 func TestCreateRoom(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	rmSetProfile(t, ts, alice, "Alice A")
@@ -222,7 +256,7 @@ func TestCreateRoom(t *testing.T) {
 }
 
 func TestJoinInviteLeaveForget(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	_, carolTok := ts.createUser("carol")
@@ -290,7 +324,7 @@ func TestJoinInviteLeaveForget(t *testing.T) {
 }
 
 func TestConcurrentJoinsAreIdempotent(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	_, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	roomID := rmCreate(t, ts, aliceTok, map[string]any{"preset": "public_chat"})
@@ -326,7 +360,7 @@ func TestConcurrentJoinsAreIdempotent(t *testing.T) {
 }
 
 func TestKickBanUnban(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	carol, carolTok := ts.createUser("carol")
@@ -378,7 +412,7 @@ func TestKickBanUnban(t *testing.T) {
 }
 
 func TestMembersAndJoinedMembers(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	carol, carolTok := ts.createUser("carol")
@@ -443,4 +477,25 @@ func TestMembersAndJoinedMembers(t *testing.T) {
 	if _, ok := jm[carol]; ok || len(jm) != 1 {
 		t.Fatalf("bob's joined_members after leaving = %v", jm)
 	}
+}
+
+func TestGuestJoinNeedsGuestAccess(t *testing.T) {
+	ts := rmNewServer(t)
+	_, aliceTok := ts.createUser("alice")
+	guest, guestTok := ts.createUser("guest")
+	ctx := context.Background()
+	if err := ts.db.Write(ctx, func(tx *storage.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE users SET is_guest = TRUE WHERE user_id = $1`, guest)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// public_chat forbids guests; private_chat lets them join (once invited).
+	public := rmCreate(t, ts, aliceTok, map[string]any{"preset": "public_chat"})
+	ts.wantErr(http.StatusForbidden, "M_FORBIDDEN", "POST", rmRoomPath(public, "/join"), guestTok, map[string]any{})
+	private := rmCreate(t, ts, aliceTok, map[string]any{"preset": "private_chat"})
+	rmInvite(t, ts, aliceTok, private, guest)
+	rmJoin(t, ts, guestTok, private)
+	// Guests may not create rooms.
+	ts.wantErr(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "POST", rmV3+"/createRoom", guestTok, map[string]any{})
 }

@@ -253,16 +253,23 @@ rounds:
 	if more {
 		res.NextBatch = cursor.token(recent)
 	}
-	evs := make([]*storage.Event, len(hits))
-	for i, h := range hits {
-		evs[i] = h.Event
+	// Render room by room: bundled relations stop at each room's reading limit.
+	rendered := make(map[string]rooms.ClientEvent, len(hits))
+	byRoom := map[string][]*storage.Event{}
+	for _, h := range hits {
+		byRoom[h.Event.RoomID] = append(byRoom[h.Event.RoomID], h.Event)
 	}
-	rendered, err := a.renderEvents(ctx, viewerOf(s), evs, 0)
-	if err != nil {
-		return err
+	for roomID, evs := range byRoom {
+		out, err := a.renderEvents(ctx, viewerOf(s), evs, readers[roomID].until)
+		if err != nil {
+			return err
+		}
+		for i, e := range evs {
+			rendered[e.EventID] = out[i]
+		}
 	}
-	for i, h := range hits {
-		sr := &searchResult{Rank: h.Rank, Result: rendered[i]}
+	for _, h := range hits {
+		sr := &searchResult{Rank: h.Rank, Result: rendered[h.Event.EventID]}
 		if crit.EventContext != nil {
 			vis, err := visFor(h.Event.RoomID)
 			if err != nil {
@@ -325,7 +332,7 @@ func (a *API) searchableRooms(ctx context.Context, userID string, fp *mautrix.Fi
 		if m.Forgotten || !filterAllowsRoom(fp, m.RoomID) {
 			continue
 		}
-		rr := &roomReader{roomID: m.RoomID, membership: m.Membership}
+		rr := &roomReader{roomID: m.RoomID}
 		if m.Membership != spec.Join {
 			joined, err := a.db.EverJoined(ctx, m.RoomID, userID)
 			if err != nil {

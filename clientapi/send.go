@@ -129,7 +129,14 @@ func (a *API) getEvent(w http.ResponseWriter, r *http.Request) error {
 	} else if !ok {
 		return errEventNotFound
 	}
-	out, err := a.renderEvents(r.Context(), viewerOf(s), []*storage.Event{ev}, 0)
+	// Bundled relations stop where a departed user's view of the room stops.
+	var maxPos storage.StreamPos
+	if vis.Membership() != spec.Join {
+		if rr, err := a.readAccess(r.Context(), roomID, s.UserID, true); err == nil {
+			maxPos = rr.until
+		}
+	}
+	out, err := a.renderEvents(r.Context(), viewerOf(s), []*storage.Event{ev}, maxPos)
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,7 @@ func rmCountEvents(t *testing.T, ts *testServer, roomID, eventType string) int {
 }
 
 func TestSendTransactionIDs(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	otherTok := rmSecondDevice(t, ts, alice, "OTHERDEVICE")
 	roomID := rmCreate(t, ts, aliceTok, nil)
@@ -76,7 +76,7 @@ func TestSendTransactionIDs(t *testing.T) {
 }
 
 func TestSendErrors(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	_, aliceTok := ts.createUser("alice")
 	_, bobTok := ts.createUser("bob")
 	roomID := rmCreate(t, ts, aliceTok, nil)
@@ -111,7 +111,7 @@ func TestSendErrors(t *testing.T) {
 }
 
 func TestRedactions(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	_, bobTok := ts.createUser("bob")
 	roomID := rmCreate(t, ts, aliceTok, map[string]any{"preset": "public_chat"})
@@ -165,7 +165,7 @@ func TestRedactions(t *testing.T) {
 }
 
 func TestGetEvent(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	_, bobTok := ts.createUser("bob")
 	roomID := rmCreate(t, ts, aliceTok, nil)

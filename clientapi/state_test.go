@@ -7,7 +7,7 @@ import (
 )
 
 func TestRoomStateEndpoints(t *testing.T) {
-	ts := newTestServer(t)
+	ts := rmNewServer(t)
 	alice, aliceTok := ts.createUser("alice")
 	bob, bobTok := ts.createUser("bob")
 	_, carolTok := ts.createUser("carol")

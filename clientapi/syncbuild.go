@@ -2,7 +2,6 @@ package clientapi
 
 import (
 	"context"
-	"encoding/json"
 	"slices"
 	"sort"
 	"strings"
@@ -111,6 +110,9 @@ type syncBuilder struct {
 	left    map[string]struct{}
 	// toDevicePos is how far to-device messages have been delivered.
 	toDevicePos storage.StreamPos
+	// directChanged: something addressed to the user may have changed since
+	// the token (account data, to-device, presence, device lists, keys).
+	directChanged bool
 }
 
 func (a *API) buildSync(ctx context.Context, req *syncRequest, to storage.StreamPos) (*syncResponse, error) {
@@ -127,15 +129,27 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest, to storage.Stream
 	if req.since != nil {
 		b.since = req.since.Pos
 	}
-	memberships, err := a.db.MembershipsOfUser(ctx, s.UserID)
-	if err != nil {
-		return nil, err
-	}
-	// A membership row visible in the database has committed, and so has
-	// every position before it: reading up to it is safe.
-	for _, m := range memberships {
-		if m.Pos > b.to {
-			b.to = m.Pos
+	n := a.rooms.Notifier()
+	changes := n.ChangesSince(s.UserID, b.since)
+	b.directChanged = b.since == 0 || req.fullState || changes.Direct
+	var memberships []storage.Membership
+	if b.since == 0 || req.fullState || changes.Membership {
+		var err error
+		if memberships, err = a.db.MembershipsOfUser(ctx, s.UserID); err != nil {
+			return nil, err
+		}
+		// A membership row visible in the database has committed, and so
+		// has every position before it: reading up to it is safe.
+		for _, m := range memberships {
+			if m.Pos > b.to {
+				b.to = m.Pos
+			}
+		}
+	} else {
+		// The user's memberships have not changed since the token: every
+		// room they are in now, they were in then (joined at or before since).
+		for _, roomID := range n.JoinedRooms(s.UserID) {
+			memberships = append(memberships, storage.Membership{RoomID: roomID, UserID: s.UserID, Membership: spec.Join, Pos: b.since})
 		}
 	}
 	sharing := map[string]struct{}{s.UserID: {}}
@@ -148,8 +162,10 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest, to storage.Stream
 			if err := b.joinedRoom(ctx, m); err != nil {
 				return nil, err
 			}
-			for _, u := range a.rooms.Notifier().JoinedMembers(m.RoomID) {
-				sharing[u] = struct{}{}
+			if b.directChanged {
+				for _, u := range n.JoinedMembers(m.RoomID) {
+					sharing[u] = struct{}{}
+				}
 			}
 		case spec.Invite:
 			if b.since == 0 || m.Pos > b.since {
@@ -275,10 +291,11 @@ func (b *syncBuilder) render(evs []*storage.Event) []rooms.ClientEvent {
 
 func (b *syncBuilder) joinedRoom(ctx context.Context, m storage.Membership) error {
 	newlyJoined := b.since == 0 || m.Pos > b.since || b.req.fullState
-	vis, err := b.a.rooms.VisibilityFor(ctx, m.RoomID, b.viewer.UserID)
-	if err != nil {
-		return err
+	if !newlyJoined && !b.a.rooms.Notifier().RoomChangedSince(m.RoomID, b.since) {
+		return nil // nothing happened in the room: no query needed
 	}
+	vis := b.a.rooms.VisibilityWith(m.RoomID, b.viewer.UserID, &m)
+	var err error
 	lower := b.since
 	if newlyJoined {
 		lower = 0
@@ -449,48 +466,16 @@ func (b *syncBuilder) summary(ctx context.Context, roomID string, jr *joinedRoom
 	return nil
 }
 
-// notifyingTypes are the event types the default push rules notify for.
-var notifyingTypes = []string{"m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite", "m.poll.start", "org.matrix.msc3381.poll.start"}
-
-// unread counts messages from others after the user's read receipt (the
-// default push rules notify for exactly these); highlights are those that
-// mention the user.
+// unread fills the room's unread counts: messages from others after the
+// user's read receipt (what the default push rules notify for); highlights
+// are those that mention the user.
 func (b *syncBuilder) unread(ctx context.Context, roomID string, jr *joinedRoom) error {
-	var after storage.StreamPos
-	if rc, err := b.a.db.LatestReceipt(ctx, roomID, b.viewer.UserID); err == nil {
-		if ev, err := b.a.db.EventByID(ctx, rc.EventID); err == nil {
-			after = ev.Pos
-		}
-	}
-	f := &storage.EventFilter{Types: notifyingTypes, NotSenders: []string{b.viewer.UserID}}
-	evs, err := b.a.db.RoomEvents(ctx, roomID, b.to, after, true, 100, f)
+	n, h, err := b.a.unread.counts(ctx, b.a.db, roomID, b.viewer.UserID, b.to)
 	if err != nil {
 		return err
 	}
-	jr.UnreadNotifications.NotificationCount = len(evs)
-	localpart := strings.TrimPrefix(strings.SplitN(b.viewer.UserID, ":", 2)[0], "@")
-	for _, e := range evs {
-		if e.Body != nil && (strings.Contains(*e.Body, b.viewer.UserID) || strings.Contains(strings.ToLower(*e.Body), strings.ToLower(localpart))) {
-			jr.UnreadNotifications.HighlightCount++
-		} else if mentionsUser(e.PDUJSON, b.viewer.UserID) {
-			jr.UnreadNotifications.HighlightCount++
-		}
-	}
+	jr.UnreadNotifications = unreadCounts{NotificationCount: n, HighlightCount: h}
 	return nil
-}
-
-func mentionsUser(pdu []byte, userID string) bool {
-	var ev struct {
-		Content struct {
-			Mentions *struct {
-				UserIDs []string `json:"user_ids"`
-			} `json:"m.mentions"`
-		} `json:"content"`
-	}
-	if json.Unmarshal(pdu, &ev) != nil || ev.Content.Mentions == nil {
-		return false
-	}
-	return slices.Contains(ev.Content.Mentions.UserIDs, userID)
 }
 
 func (b *syncBuilder) invitedRoom(ctx context.Context, m storage.Membership) error {
@@ -508,10 +493,7 @@ func (b *syncBuilder) invitedRoom(ctx context.Context, m storage.Membership) err
 }
 
 func (b *syncBuilder) leftRoom(ctx context.Context, m storage.Membership) error {
-	vis, err := b.a.rooms.VisibilityFor(ctx, m.RoomID, b.viewer.UserID)
-	if err != nil {
-		return err
-	}
+	vis := b.a.rooms.VisibilityWith(m.RoomID, b.viewer.UserID, &m)
 	upper := min(m.Pos, b.to)
 	lower := b.since
 	if b.req.fullState || b.since == 0 {
@@ -546,9 +528,31 @@ func (b *syncBuilder) leftRoom(ctx context.Context, m storage.Membership) error 
 // changes and one-time-key counts.
 func (b *syncBuilder) globalData(ctx context.Context, sharing map[string]struct{}) error {
 	a, s := b.a, b.req.session
+	pendingToDevice := b.req.since != nil && b.req.since.ToDevice < b.req.since.Pos
+	if !b.directChanged && !pendingToDevice {
+		// Nothing addressed to the user changed: only the key counts, which
+		// every response carries, are needed (and are cached).
+		b.toDevicePos = b.to
+		return b.keyCounts(ctx)
+	}
 	data, err := a.db.AccountDataSince(ctx, s.UserID, b.since, b.to)
 	if err != nil {
 		return err
+	}
+	if b.since == 0 {
+		// The default push rules are not stored until a user changes one,
+		// but clients need them from the first sync.
+		hasRules := false
+		for _, d := range data {
+			hasRules = hasRules || (d.RoomID == "" && d.Type == "m.push_rules")
+		}
+		if !hasRules {
+			rules, err := a.pushRulesContent(ctx, s.UserID)
+			if err != nil {
+				return err
+			}
+			data = append(data, storage.AccountData{UserID: s.UserID, Type: "m.push_rules", Content: rules})
+		}
 	}
 	for _, d := range data {
 		ev := map[string]any{"type": d.Type, "content": d.Content}
@@ -647,25 +651,20 @@ func (b *syncBuilder) globalData(ctx context.Context, sharing map[string]struct{
 		sort.Strings(b.resp.DeviceLists.Left)
 	}
 
-	counts, err := a.db.OneTimeKeyCounts(ctx, s.UserID, s.DeviceID)
+	return b.keyCounts(ctx)
+}
+
+// keyCounts fills device_one_time_keys_count and the unused fallback key
+// types, from the cache when nothing addressed to the user changed since
+// they were read (uploads and claims wake the owner directly).
+func (b *syncBuilder) keyCounts(ctx context.Context) error {
+	s := b.req.session
+	entry, err := b.a.keyCountCache.get(ctx, b.a, s.UserID, s.DeviceID)
 	if err != nil {
 		return err
 	}
-	if counts == nil {
-		counts = map[string]int{}
-	}
-	if _, ok := counts["signed_curve25519"]; !ok {
-		counts["signed_curve25519"] = 0
-	}
-	b.resp.DeviceOneTimeKeysCount = counts
-	fallback, err := a.db.UnusedFallbackKeyTypes(ctx, s.UserID, s.DeviceID)
-	if err != nil {
-		return err
-	}
-	if fallback == nil {
-		fallback = []string{}
-	}
-	b.resp.DeviceUnusedFallbackKeyTypes = fallback
-	b.resp.OrgMatrixMSC2732FallbackTypes = fallback
+	b.resp.DeviceOneTimeKeysCount = entry.counts
+	b.resp.DeviceUnusedFallbackKeyTypes = entry.fallback
+	b.resp.OrgMatrixMSC2732FallbackTypes = entry.fallback
 	return nil
 }

@@ -6,26 +6,38 @@ import (
 	"github.com/agentspace/agentspace/storage"
 )
 
-// Notifier wakes long-polling /sync requests. Each user has a stream whose
-// channel is closed (and replaced) whenever something for that user commits;
-// Listen hands out an already-closed channel when the user's stream moved
-// past the caller's position, so no wake-up is lost between reading and
-// waiting. Advance is only called in commit order (from storage OnCommit
-// hooks), so Latest never runs ahead of what readers can see.
+// Notifier wakes long-polling /sync requests and remembers, in memory, where
+// each kind of change last happened so /sync can skip what has not changed.
+//
+// Each user has a stream whose channel is closed (and replaced) whenever
+// something for that user commits; Listen hands out an already-closed channel
+// when the user's stream moved past the caller's position, so no wake-up is
+// lost between reading and waiting. Advance is only called in commit order
+// (from storage OnCommit hooks), so Latest never runs ahead of what readers
+// can see.
+//
+// Every "last changed at" position defaults to where the notifier started:
+// after a restart nothing is known, so a token from before it is never
+// wrongly treated as up to date.
 type Notifier struct {
-	mu sync.Mutex
-	// start is where the notifier began: a user stream first seen later
-	// starts there, so a token from before a restart still finds what it missed.
+	mu      sync.Mutex
 	start   storage.StreamPos
 	pos     storage.StreamPos
 	users   map[string]*userStream
-	members map[string]map[string]struct{} // room -> joined users
-	rooms   map[string]map[string]struct{} // user -> joined rooms
+	members map[string]map[string]storage.StreamPos // room -> joined user -> join position
+	rooms   map[string]map[string]struct{}          // user -> joined rooms
+	// roomPos is the last position of anything in a room (event, receipt, typing).
+	roomPos map[string]storage.StreamPos
 }
 
 type userStream struct {
-	pos storage.StreamPos
+	pos storage.StreamPos // last change of any kind for the user
 	ch  chan struct{}
+	// direct is the last change addressed to the user rather than to a room
+	// they are in: account data, to-device, presence, device lists, keys.
+	direct storage.StreamPos
+	// membership is the last change of the user's own membership anywhere.
+	membership storage.StreamPos
 }
 
 // NewNotifier starts a notifier at pos.
@@ -34,8 +46,9 @@ func NewNotifier(pos storage.StreamPos) *Notifier {
 		start:   pos,
 		pos:     pos,
 		users:   make(map[string]*userStream),
-		members: make(map[string]map[string]struct{}),
+		members: make(map[string]map[string]storage.StreamPos),
 		rooms:   make(map[string]map[string]struct{}),
+		roomPos: make(map[string]storage.StreamPos),
 	}
 }
 
@@ -49,7 +62,7 @@ func (n *Notifier) Latest() storage.StreamPos {
 func (n *Notifier) stream(userID string) *userStream {
 	s := n.users[userID]
 	if s == nil {
-		s = &userStream{pos: n.start, ch: make(chan struct{})}
+		s = &userStream{pos: n.start, direct: n.start, membership: n.start, ch: make(chan struct{})}
 		n.users[userID] = s
 	}
 	return s
@@ -69,8 +82,11 @@ func (n *Notifier) Listen(userID string, since storage.StreamPos) <-chan struct{
 	return s.ch
 }
 
-func (n *Notifier) wakeLocked(userID string, pos storage.StreamPos) {
+func (n *Notifier) wakeLocked(userID string, pos storage.StreamPos, direct bool) {
 	s := n.stream(userID)
+	if direct && s.direct < pos {
+		s.direct = pos
+	}
 	if s.pos >= pos {
 		return
 	}
@@ -81,9 +97,10 @@ func (n *Notifier) wakeLocked(userID string, pos storage.StreamPos) {
 
 // Wake is what one committed change needs to wake.
 type Wake struct {
-	Users []string // these users
+	Users []string // these users (a change addressed to them)
 	Rooms []string // every joined member of these rooms
-	// ShareRoomsWith wakes everyone who shares a room with these users (presence, profile).
+	// ShareRoomsWith wakes these users and everyone who shares a room with
+	// them (presence, device lists).
 	ShareRoomsWith []string
 }
 
@@ -95,33 +112,53 @@ func (n *Notifier) Advance(pos storage.StreamPos, w Wake) {
 		n.pos = pos
 	}
 	for _, u := range w.Users {
-		n.wakeLocked(u, pos)
+		n.wakeLocked(u, pos, true)
 	}
 	for _, r := range w.Rooms {
+		if n.roomPos[r] < pos {
+			n.roomPos[r] = pos
+		}
 		for u := range n.members[r] {
-			n.wakeLocked(u, pos)
+			n.wakeLocked(u, pos, false)
 		}
 	}
 	for _, u := range w.ShareRoomsWith {
-		n.wakeLocked(u, pos)
+		n.wakeLocked(u, pos, true)
 		for r := range n.rooms[u] {
 			for m := range n.members[r] {
-				n.wakeLocked(m, pos)
+				n.wakeLocked(m, pos, true)
 			}
 		}
 	}
 }
 
-// SetJoined records whether user is joined to room (which decides who a
-// room event wakes).
+// SetMembership records a user's new membership of a room at pos: whether
+// they are joined decides who a room event wakes.
+func (n *Notifier) SetMembership(roomID, userID string, joined bool, pos storage.StreamPos) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.stream(userID)
+	if s.membership < pos {
+		s.membership = pos
+	}
+	n.setJoinedLocked(roomID, userID, joined, pos)
+}
+
+// SetJoined seeds a join known at start-up.
 func (n *Notifier) SetJoined(roomID, userID string, joined bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.setJoinedLocked(roomID, userID, joined, n.start)
+}
+
+func (n *Notifier) setJoinedLocked(roomID, userID string, joined bool, pos storage.StreamPos) {
 	if joined {
 		if n.members[roomID] == nil {
-			n.members[roomID] = make(map[string]struct{})
+			n.members[roomID] = make(map[string]storage.StreamPos)
 		}
-		n.members[roomID][userID] = struct{}{}
+		if _, already := n.members[roomID][userID]; !already {
+			n.members[roomID][userID] = pos
+		}
 		if n.rooms[userID] == nil {
 			n.rooms[userID] = make(map[string]struct{})
 		}
@@ -150,6 +187,47 @@ func (n *Notifier) JoinedMembers(roomID string) []string {
 	out := make([]string, 0, len(n.members[roomID]))
 	for u := range n.members[roomID] {
 		out = append(out, u)
+	}
+	return out
+}
+
+// UserChanges says what changed for one user after a position, as far as
+// the notifier knows (it errs towards "changed").
+type UserChanges struct {
+	// Membership: the user's own membership changed somewhere.
+	Membership bool
+	// Direct: something addressed to the user (account data, to-device,
+	// presence, device lists, keys) changed.
+	Direct bool
+}
+
+// ChangesSince reports what changed for a user after since.
+func (n *Notifier) ChangesSince(userID string, since storage.StreamPos) UserChanges {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.stream(userID)
+	return UserChanges{Membership: s.membership > since, Direct: s.direct > since}
+}
+
+// RoomChangedSince reports whether anything happened in a room after since.
+func (n *Notifier) RoomChangedSince(roomID string, since storage.StreamPos) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	pos, ok := n.roomPos[roomID]
+	if !ok {
+		pos = n.start
+	}
+	return pos > since
+}
+
+// JoinPositions returns the user's joined rooms with the position each join
+// became known (the start position for joins older than this process).
+func (n *Notifier) JoinPositions(userID string) map[string]storage.StreamPos {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make(map[string]storage.StreamPos, len(n.rooms[userID]))
+	for r := range n.rooms[userID] {
+		out[r] = n.members[r][userID]
 	}
 	return out
 }

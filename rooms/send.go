@@ -225,7 +225,7 @@ func (s *Service) applyCommitted(r *room, built []*builtEvent, rows []*storage.E
 		if pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil {
 			target := *pdu.StateKey()
 			m, _ := pdu.Membership()
-			s.notifier.SetJoined(r.id, target, m == spec.Join)
+			s.notifier.SetMembership(r.id, target, m == spec.Join, rows[i].Pos)
 			wake.Users = []string{target}
 		}
 		s.notifier.Advance(rows[i].Pos, wake)

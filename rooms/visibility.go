@@ -46,6 +46,12 @@ func (s *Service) VisibilityFor(ctx context.Context, roomID, userID string) (*Vi
 	return &Visibility{s: s, roomID: roomID, userID: userID, current: m}, nil
 }
 
+// VisibilityWith is VisibilityFor when the caller already knows the user's
+// current membership (nil: never a member).
+func (s *Service) VisibilityWith(roomID, userID string, current *storage.Membership) *Visibility {
+	return &Visibility{s: s, roomID: roomID, userID: userID, current: current}
+}
+
 // Membership is the user's current membership ("" if never a member).
 func (v *Visibility) Membership() string {
 	if v.current == nil {

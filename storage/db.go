@@ -13,9 +13,10 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 
-	_ "github.com/lib/pq"  // PostgreSQL driver
-	_ "modernc.org/sqlite" // SQLite driver (pure Go)
+	_ "github.com/lib/pq"           // PostgreSQL driver
+	_ "github.com/mattn/go-sqlite3" // SQLite driver (cgo: native speed, statements stay prepared)
 )
 
 // Dialect names a database engine.
@@ -54,6 +55,54 @@ type DB struct {
 	write   *sql.DB
 
 	writeMu sync.Mutex
+
+	// authGen counts committed changes to tokens, devices or users, so
+	// caches of authenticated sessions know when to drop everything.
+	authGen atomic.Uint64
+
+	// Prepared read statements keyed by SQL text. SQLite spends as long
+	// parsing a small query as running it, so reuse matters.
+	readStmts stmtCache
+}
+
+// maxCachedStatements bounds the caches: queries built with a variable
+// number of placeholders are many, so past this they are prepared per use.
+const maxCachedStatements = 512
+
+type stmtCache struct {
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
+}
+
+// get returns a cached prepared statement for query on pool, or nil when
+// the cache is full (the caller then runs the query unprepared).
+func (c *stmtCache) get(ctx context.Context, pool *sql.DB, query string) (*sql.Stmt, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.stmts[query]; ok {
+		return st, nil
+	}
+	if len(c.stmts) >= maxCachedStatements {
+		return nil, nil
+	}
+	st, err := pool.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if c.stmts == nil {
+		c.stmts = make(map[string]*sql.Stmt)
+	}
+	c.stmts[query] = st
+	return st, nil
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.stmts {
+		st.Close()
+	}
+	c.stmts = nil
 }
 
 // Options says which database to open.
@@ -100,16 +149,15 @@ func openSQLite(path string) (*DB, error) {
 	f.Close()
 	// synchronous=NORMAL in WAL mode survives a process crash (SIGKILL) without
 	// losing a committed transaction; only an OS crash can lose the last ones.
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)" +
-		"&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)&_txlock=immediate"
-	write, err := sql.Open("sqlite", dsn)
+	dsn := "file:" + path + "?_journal_mode=WAL&_synchronous=NORMAL&_busy_timeout=10000&_foreign_keys=1&_txlock=immediate"
+	write, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("opening sqlite: %w", err)
 	}
 	write.SetMaxOpenConns(1)
 	write.SetMaxIdleConns(1)
 	write.SetConnMaxLifetime(0)
-	read, err := sql.Open("sqlite", dsn+"&_pragma=query_only(ON)")
+	read, err := sql.Open("sqlite3", dsn+"&_query_only=1")
 	if err != nil {
 		write.Close()
 		return nil, fmt.Errorf("opening sqlite: %w", err)
@@ -144,6 +192,7 @@ func (db *DB) Dialect() Dialect { return db.dialect }
 
 // Close closes the database.
 func (db *DB) Close() error {
+	db.readStmts.close()
 	err := db.write.Close()
 	if db.read != db.write {
 		if err2 := db.read.Close(); err == nil {
@@ -173,14 +222,36 @@ type Querier interface {
 
 // Tx is a write transaction. Its methods take $N SQL.
 type Tx struct {
-	db       *DB
-	tx       *sql.Tx
-	lastPos  StreamPos
-	onCommit []func()
+	db          *DB
+	tx          *sql.Tx
+	lastPos     StreamPos
+	onCommit    []func()
+	authChanged bool
 }
 
-// Exec runs a statement in the transaction.
+// AuthGeneration changes after every committed transaction that revoked or
+// changed a token, device or user: a session cache entry from an older
+// generation must be looked up again.
+func (db *DB) AuthGeneration() uint64 { return db.authGen.Load() }
+
+// touchesAuth reports whether a write may revoke or change who a token
+// belongs to (new tokens cannot invalidate a cached session).
+func touchesAuth(query string) bool {
+	q := strings.TrimSpace(query)
+	if strings.HasPrefix(q, "INSERT") {
+		return false
+	}
+	return strings.Contains(q, "access_tokens") || strings.Contains(q, "refresh_tokens") ||
+		strings.Contains(q, "UPDATE users") || strings.Contains(q, "FROM devices") || strings.Contains(q, "FROM users")
+}
+
+// Exec runs a statement in the transaction. Write statements are not
+// cached: preparing one on the single-connection write pool while this
+// transaction holds that connection would deadlock.
 func (tx *Tx) Exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if touchesAuth(query) {
+		tx.authChanged = true
+	}
 	res, err := tx.tx.ExecContext(ctx, tx.db.rebind(query), args...)
 	return res, mapError(err)
 }
@@ -226,7 +297,13 @@ func (db *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 		return err
 	}
 	if err := sqlTx.Commit(); err != nil {
+		if tx.authChanged {
+			db.authGen.Add(1) // the outcome is unknown: be safe
+		}
 		return fmt.Errorf("committing transaction: %w", mapError(err))
+	}
+	if tx.authChanged {
+		db.authGen.Add(1)
 	}
 	for _, f := range tx.onCommit {
 		f()
@@ -236,12 +313,20 @@ func (db *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 
 // Query runs a read query on the read pool.
 func (db *DB) Query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	return db.read.QueryContext(ctx, db.rebind(query), args...)
+	query = db.rebind(query)
+	if st, err := db.readStmts.get(ctx, db.read, query); err == nil && st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return db.read.QueryContext(ctx, query, args...)
 }
 
 // QueryRow runs a single-row read query on the read pool.
 func (db *DB) QueryRow(ctx context.Context, query string, args ...any) *sql.Row {
-	return db.read.QueryRowContext(ctx, db.rebind(query), args...)
+	query = db.rebind(query)
+	if st, err := db.readStmts.get(ctx, db.read, query); err == nil && st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return db.read.QueryRowContext(ctx, query, args...)
 }
 
 // CurrentPos is the highest committed stream position.

@@ -326,3 +326,18 @@ func (tx *Tx) InsertTxn(ctx context.Context, userID, deviceID, txnID, eventID st
 		userID, deviceID, txnID, eventID, nowMillis())
 	return err
 }
+
+// CountUnread counts events in a room with after < pos <= upTo, sent by
+// others, of the types the default push rules notify for; highlight counts
+// those whose body contains bodyLike or whose JSON contains jsonLike (both
+// LIKE patterns, e.g. the user's localpart and full user id).
+func (db *DB) CountUnread(ctx context.Context, roomID string, after, upTo StreamPos, userID, bodyLike, jsonLike string) (notif, highlight int, err error) {
+	err = db.QueryRow(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN LOWER(COALESCE(body, '')) LIKE $5 ESCAPE '\' OR pdu_json LIKE $6 ESCAPE '\' THEN 1 ELSE 0 END), 0)
+		FROM events WHERE room_id = $1 AND pos > $2 AND pos <= $3 AND sender <> $4
+		AND type IN ('m.room.message', 'm.room.encrypted', 'm.sticker', 'm.call.invite', 'm.poll.start', 'org.matrix.msc3381.poll.start')`,
+		roomID, after, upTo, userID, bodyLike, jsonLike).Scan(&notif, &highlight)
+	return notif, highlight, err
+}
+
+// LikeContains returns a LIKE pattern matching s anywhere (escaped with \).
+func LikeContains(s string) string { return "%" + escapeLike(s) + "%" }

@@ -60,10 +60,10 @@ func (db *DB) searchSQL(q SearchQuery) (string, []any) {
 	if db.dialect == SQLite {
 		quoted := make([]string, len(tokens))
 		for i, t := range tokens {
-			// Quoted strings are never operators; "..."* is a prefix query.
-			quoted[i] = `"` + strings.ReplaceAll(t, `"`, `""`) + `"*`
+			// A quoted phrase is never an operator; "tok*" is a prefix query.
+			quoted[i] = `"` + strings.ReplaceAll(t, `"`, `""`) + `*"`
 		}
-		args = append(args, strings.Join(quoted, " AND "))
+		args = append(args, strings.Join(quoted, " "))
 		b.WriteString(` FROM events_fts JOIN events e ON e.pos = events_fts.rowid WHERE events_fts MATCH $1`)
 	} else {
 		prefixed := make([]string, len(tokens))
@@ -107,7 +107,9 @@ func (db *DB) SearchEvents(ctx context.Context, q SearchQuery) ([]SearchHit, err
 	if from == "" || q.Limit <= 0 {
 		return nil, nil
 	}
-	score := `-bm25(events_fts)`
+	// FTS4 has no bm25: rank by how many times the terms occur
+	// (offsets() lists four integers per match).
+	score := `(LENGTH(offsets(events_fts)) - LENGTH(REPLACE(offsets(events_fts), ' ', '')) + 1) / 4.0`
 	if db.dialect == Postgres {
 		score = `ts_rank(to_tsvector('simple', coalesce(e.body, '')), to_tsquery('simple', $1))`
 	}

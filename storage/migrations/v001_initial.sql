@@ -240,5 +240,6 @@ CREATE TABLE media (
 );
 
 -- Full-text search over content.body (POST /search).
--- only: sqlite CREATE VIRTUAL TABLE events_fts USING fts5(body, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 2');
+-- SQLite: FTS4 (built into the driver without build tags); rowid = events.pos.
+-- only: sqlite CREATE VIRTUAL TABLE events_fts USING fts4(body, tokenize=unicode61 "remove_diacritics=2");
 -- only: postgres CREATE INDEX events_body_fts ON events USING GIN (to_tsvector('simple', coalesce(body, '')));
