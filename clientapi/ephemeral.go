@@ -188,9 +188,9 @@ func (a *API) setReceipt(ctx context.Context, roomID, userID, receiptType, threa
 	rec := storage.Receipt{RoomID: roomID, UserID: userID, ReceiptType: receiptType, ThreadID: threadID,
 		EventID: eventID, TS: time.Now().UnixMilli()}
 	_, err := a.db.SetReceipt(ctx, rec, func(pos storage.StreamPos) {
-		wake := rooms.Wake{Rooms: []string{roomID}}
+		wake := rooms.Wake{Rooms: []string{roomID}, ReceiptRooms: []string{roomID}}
 		if receiptType == receiptReadPrivate {
-			wake = rooms.Wake{Users: []string{userID}}
+			wake = rooms.Wake{Users: []string{userID}, ReceiptRooms: []string{roomID}}
 		}
 		a.rooms.Notifier().Advance(pos, wake)
 	})

@@ -254,6 +254,27 @@ func matchPart(p *mautrix.FilterPart, evType, sender string) bool {
 // lower < pos <= upper (limit+1 to detect "limited").
 func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, upper storage.StreamPos, vis *rooms.Visibility) ([]*storage.Event, bool, error) {
 	limit := b.req.filter.Room.Timeline.Limit
+	if lower > 0 {
+		// The common long-poll case: the few events after the token are
+		// still in memory.
+		if recent, ok := b.a.rooms.RecentEvents(roomID, lower, upper); ok {
+			var out []*storage.Event
+			for _, e := range recent {
+				if !filterMatchesEvent(b.req.filter.Room.Timeline, e) {
+					continue
+				}
+				if ok, err := vis.CanSee(ctx, e); err != nil {
+					return nil, false, err
+				} else if ok {
+					out = append(out, e)
+				}
+			}
+			if len(out) > limit {
+				return out[len(out)-limit:], true, nil
+			}
+			return out, false, nil
+		}
+	}
 	f := eventFilter(b.req.filter.Room.Timeline)
 	var out []*storage.Event
 	cursor := upper
@@ -291,7 +312,8 @@ func (b *syncBuilder) render(evs []*storage.Event) []rooms.ClientEvent {
 
 func (b *syncBuilder) joinedRoom(ctx context.Context, m storage.Membership) error {
 	newlyJoined := b.since == 0 || m.Pos > b.since || b.req.fullState
-	if !newlyJoined && !b.a.rooms.Notifier().RoomChangedSince(m.RoomID, b.since) {
+	n := b.a.rooms.Notifier()
+	if !newlyJoined && !n.RoomChangedSince(m.RoomID, b.since) && !n.ReceiptsChangedSince(m.RoomID, b.since) {
 		return nil // nothing happened in the room: no query needed
 	}
 	vis := b.a.rooms.VisibilityWith(m.RoomID, b.viewer.UserID, &m)
@@ -408,7 +430,7 @@ func (b *syncBuilder) ephemeral(ctx context.Context, roomID string, jr *joinedRo
 			"type": "m.typing", "content": map[string]any{"user_ids": users},
 		})
 	}
-	if matchPart(ef, "m.receipt", "") {
+	if matchPart(ef, "m.receipt", "") && (b.since == 0 || b.req.fullState || b.a.rooms.Notifier().ReceiptsChangedSince(roomID, b.since)) {
 		receipts, err := b.a.db.ReceiptsSince(ctx, []string{roomID}, b.since, b.to)
 		if err != nil {
 			return err
@@ -470,7 +492,7 @@ func (b *syncBuilder) summary(ctx context.Context, roomID string, jr *joinedRoom
 // user's read receipt (what the default push rules notify for); highlights
 // are those that mention the user.
 func (b *syncBuilder) unread(ctx context.Context, roomID string, jr *joinedRoom) error {
-	n, h, err := b.a.unread.counts(ctx, b.a.db, roomID, b.viewer.UserID, b.to)
+	n, h, err := b.a.unread.counts(ctx, b.a, roomID, b.viewer.UserID, b.to)
 	if err != nil {
 		return err
 	}

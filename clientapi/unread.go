@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -20,9 +21,12 @@ type unreadCache struct {
 type unreadEntry struct {
 	receiptEventID string            // the read receipt the counts start from
 	receiptPos     storage.StreamPos // its position
-	countedTo      storage.StreamPos // events up to here are counted
-	notif          int
-	highlight      int
+	// receiptCheckedAt: no receipt in the room changed after this position
+	// when receiptEventID was read, so the receipt need not be re-read.
+	receiptCheckedAt storage.StreamPos
+	countedTo        storage.StreamPos // events up to here are counted
+	notif            int
+	highlight        int
 }
 
 const maxUnreadEntries = 200000
@@ -31,40 +35,65 @@ func newUnreadCache() *unreadCache {
 	return &unreadCache{entries: make(map[[2]string]unreadEntry)}
 }
 
+// notifyingTypes are the event types the default push rules notify for.
+var notifyingTypes = map[string]bool{
+	"m.room.message": true, "m.room.encrypted": true, "m.sticker": true, "m.call.invite": true,
+	"m.poll.start": true, "org.matrix.msc3381.poll.start": true,
+}
+
 // counts returns the unread notification and highlight counts of a room
-// for a user, up to position to.
-func (c *unreadCache) counts(ctx context.Context, db *storage.DB, roomID, userID string, to storage.StreamPos) (int, int, error) {
+// for a user, up to position to: messages from others after the user's
+// read receipt; highlights are those mentioning the user.
+func (c *unreadCache) counts(ctx context.Context, a *API, roomID, userID string, to storage.StreamPos) (int, int, error) {
 	key := [2]string{userID, roomID}
 	c.mu.Lock()
 	e, cached := c.entries[key]
 	c.mu.Unlock()
+	n := a.rooms.Notifier()
 
-	receiptID := ""
-	if rc, err := db.LatestReceipt(ctx, roomID, userID); err == nil {
-		receiptID = rc.EventID
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return 0, 0, err
-	}
-	if !cached || e.receiptEventID != receiptID {
-		e = unreadEntry{receiptEventID: receiptID}
-		if receiptID != "" {
-			if ev, err := db.EventByID(ctx, receiptID); err == nil {
-				e.receiptPos = ev.Pos
-			} else if !errors.Is(err, storage.ErrNotFound) {
-				return 0, 0, err
-			}
-		}
-		e.countedTo = e.receiptPos
-	}
-	if to > e.countedTo {
-		localpart := strings.TrimPrefix(strings.SplitN(userID, ":", 2)[0], "@")
-		n, h, err := db.CountUnread(ctx, roomID, e.countedTo, to, userID,
-			storage.LikeContains(strings.ToLower(localpart)), storage.LikeContains(`"`+userID+`"`))
-		if err != nil {
+	if !cached || n.ReceiptsChangedSince(roomID, e.receiptCheckedAt) {
+		checkedAt := n.Latest() // before the read: a later receipt invalidates
+		receiptID := ""
+		if rc, err := a.db.LatestReceipt(ctx, roomID, userID); err == nil {
+			receiptID = rc.EventID
+		} else if !errors.Is(err, storage.ErrNotFound) {
 			return 0, 0, err
 		}
-		e.notif += n
-		e.highlight += h
+		if !cached || e.receiptEventID != receiptID {
+			e = unreadEntry{receiptEventID: receiptID}
+			if receiptID != "" {
+				if ev, err := a.db.EventByID(ctx, receiptID); err == nil {
+					e.receiptPos = ev.Pos
+				} else if !errors.Is(err, storage.ErrNotFound) {
+					return 0, 0, err
+				}
+			}
+			e.countedTo = e.receiptPos
+		}
+		e.receiptCheckedAt = checkedAt
+	}
+	if to > e.countedTo {
+		localpart := strings.ToLower(strings.TrimPrefix(strings.SplitN(userID, ":", 2)[0], "@"))
+		if recent, ok := a.rooms.RecentEvents(roomID, e.countedTo, to); ok {
+			quoted := []byte(`"` + userID + `"`)
+			for _, ev := range recent {
+				if !notifyingTypes[ev.Type] || ev.Sender == userID {
+					continue
+				}
+				e.notif++
+				if (ev.Body != nil && strings.Contains(strings.ToLower(*ev.Body), localpart)) || bytes.Contains(ev.PDUJSON, quoted) {
+					e.highlight++
+				}
+			}
+		} else {
+			n, h, err := a.db.CountUnread(ctx, roomID, e.countedTo, to, userID,
+				storage.LikeContains(localpart), storage.LikeContains(`"`+userID+`"`))
+			if err != nil {
+				return 0, 0, err
+			}
+			e.notif += n
+			e.highlight += h
+		}
 		e.countedTo = to
 	}
 	c.mu.Lock()

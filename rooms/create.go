@@ -97,6 +97,7 @@ func (s *Service) CreateRoom(ctx context.Context, req CreateRoomRequest) (string
 		roomID = "!" + RandomString(18) + ":" + string(s.serverName)
 	}
 	r := &room{id: roomID, version: verImpl, state: map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU{}, loaded: true}
+	r.recent.events = make([]*storage.Event, 0, recentCapacity) // a new room: memory holds all of it
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	_, err = s.sendLocked(ctx, r, reqs, func(tx *storage.Tx) error {

@@ -28,6 +28,8 @@ type Notifier struct {
 	rooms   map[string]map[string]struct{}          // user -> joined rooms
 	// roomPos is the last position of anything in a room (event, receipt, typing).
 	roomPos map[string]storage.StreamPos
+	// receiptPos is the last read receipt (public or private) in a room.
+	receiptPos map[string]storage.StreamPos
 }
 
 type userStream struct {
@@ -49,6 +51,8 @@ func NewNotifier(pos storage.StreamPos) *Notifier {
 		members: make(map[string]map[string]storage.StreamPos),
 		rooms:   make(map[string]map[string]struct{}),
 		roomPos: make(map[string]storage.StreamPos),
+
+		receiptPos: make(map[string]storage.StreamPos),
 	}
 }
 
@@ -102,6 +106,9 @@ type Wake struct {
 	// ShareRoomsWith wakes these users and everyone who shares a room with
 	// them (presence, device lists).
 	ShareRoomsWith []string
+	// ReceiptRooms are rooms where a read receipt changed (it wakes nobody
+	// by itself: pair it with Rooms, or Users for a private receipt).
+	ReceiptRooms []string
 }
 
 // Advance moves the stream to pos and wakes whoever the change concerns.
@@ -120,6 +127,11 @@ func (n *Notifier) Advance(pos storage.StreamPos, w Wake) {
 		}
 		for u := range n.members[r] {
 			n.wakeLocked(u, pos, false)
+		}
+	}
+	for _, r := range w.ReceiptRooms {
+		if n.receiptPos[r] < pos {
+			n.receiptPos[r] = pos
 		}
 	}
 	for _, u := range w.ShareRoomsWith {
@@ -214,6 +226,17 @@ func (n *Notifier) RoomChangedSince(roomID string, since storage.StreamPos) bool
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	pos, ok := n.roomPos[roomID]
+	if !ok {
+		pos = n.start
+	}
+	return pos > since
+}
+
+// ReceiptsChangedSince reports whether a read receipt changed in a room after since.
+func (n *Notifier) ReceiptsChangedSince(roomID string, since storage.StreamPos) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	pos, ok := n.receiptPos[roomID]
 	if !ok {
 		pos = n.start
 	}

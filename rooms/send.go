@@ -221,6 +221,7 @@ func (s *Service) applyCommitted(r *room, built []*builtEvent, rows []*storage.E
 		}
 		r.latestID = pdu.EventID()
 		r.depth = pdu.Depth()
+		r.recent.append(rows[i])
 		wake := Wake{Rooms: []string{r.id}}
 		if pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil {
 			target := *pdu.StateKey()
@@ -311,6 +312,10 @@ func (s *Service) applyRedaction(ctx context.Context, tx *storage.Tx, r *room, b
 	if err := tx.RedactEvent(ctx, target.EventID, redacted, ub, be.pdu.EventID()); err != nil {
 		return err
 	}
+	after := *target
+	after.PDUJSON, after.Unsigned, after.RedactedBy = redacted, ub, StrPtr(be.pdu.EventID())
+	after.Body, after.RelType, after.RelatesTo = nil, nil, nil
+	tx.OnCommit(func() { r.recent.replace(&after) })
 	if target.StateKey != nil {
 		key := gomatrixserverlib.StateKeyTuple{EventType: target.Type, StateKey: *target.StateKey}
 		if cur := r.state[key]; cur != nil && cur.EventID() == target.EventID {

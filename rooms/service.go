@@ -82,6 +82,81 @@ type room struct {
 	latestID string
 	depth    int64
 	loaded   bool
+
+	// recent holds the room's newest events so /sync long-polls, which
+	// mostly ask for "what came after my token", need no query.
+	recent recentEvents
+}
+
+// recentCapacity is how many events per room are kept in memory.
+const recentCapacity = 64
+
+// recentEvents is a room's newest events, oldest first. It has its own lock
+// because readers must not wait behind a send holding the room lock.
+type recentEvents struct {
+	mu     sync.RWMutex
+	events []*storage.Event
+	// start: every event of the room with pos > start is in events.
+	start storage.StreamPos
+}
+
+func (re *recentEvents) reset(start storage.StreamPos) {
+	re.mu.Lock()
+	defer re.mu.Unlock()
+	re.events = re.events[:0]
+	re.start = start
+}
+
+func (re *recentEvents) append(e *storage.Event) {
+	re.mu.Lock()
+	defer re.mu.Unlock()
+	if len(re.events) >= recentCapacity {
+		re.start = re.events[0].Pos
+		copy(re.events, re.events[1:])
+		re.events = re.events[:len(re.events)-1]
+	}
+	re.events = append(re.events, e)
+}
+
+// replace swaps in a new version of an event (after a redaction).
+func (re *recentEvents) replace(e *storage.Event) {
+	re.mu.Lock()
+	defer re.mu.Unlock()
+	for i, old := range re.events {
+		if old.EventID == e.EventID {
+			re.events[i] = e
+			return
+		}
+	}
+}
+
+// RecentEvents returns a room's events with after < pos <= upTo from
+// memory, oldest first; ok is false when memory does not hold all of them
+// (the caller then reads the database). upTo must not exceed
+// Notifier().Latest(): only up to there is every committed event applied.
+func (s *Service) RecentEvents(roomID string, after, upTo storage.StreamPos) ([]*storage.Event, bool) {
+	if upTo > s.notifier.Latest() {
+		return nil, false
+	}
+	s.mu.Lock()
+	r := s.rooms[roomID]
+	s.mu.Unlock()
+	if r == nil {
+		return nil, false
+	}
+	re := &r.recent
+	re.mu.RLock()
+	defer re.mu.RUnlock()
+	if re.events == nil || after < re.start {
+		return nil, false
+	}
+	var out []*storage.Event
+	for _, e := range re.events {
+		if e.Pos > after && e.Pos <= upTo {
+			out = append(out, e)
+		}
+	}
+	return out, true
 }
 
 // errRoomNotFound is what callers get for an unknown room.
@@ -139,6 +214,10 @@ func (s *Service) loadRoom(ctx context.Context, r *room) error {
 	r.state = state
 	r.latestID = latest.EventID
 	r.depth = latest.Depth
+	r.recent.reset(latest.Pos)
+	if r.recent.events == nil {
+		r.recent.events = make([]*storage.Event, 0, recentCapacity)
+	}
 	r.loaded = true
 	return nil
 }
