@@ -40,6 +40,10 @@ type Server struct {
 // NewServer opens the database (running migrations), loads or creates the
 // signing key and builds the API. It starts nothing.
 func NewServer(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Server, error) {
+	if len(cfg.AppServiceConfigFiles) > 0 {
+		// Refuse rather than ignore: bots configured here would silently not work.
+		return nil, fmt.Errorf("app_service_config_files: application services are not supported by this version yet")
+	}
 	db, err := storage.Open(ctx, storage.Options{SQLitePath: cfg.Database.Path, PostgresURL: cfg.Database.URL})
 	if err != nil {
 		return nil, err
