@@ -56,8 +56,10 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	case errors.Is(err, storage.ErrNotFound):
 		mautrix.MNotFound.WithMessage("Not found").Write(w)
 	case errors.Is(err, context.Canceled):
-		// The client went away; nothing useful to write.
+		// The client went away or the server is shutting down; if anyone is
+		// still listening, tell them to retry rather than send an empty 200.
 		log.DebugContext(r.Context(), "request cancelled", "path", r.URL.Path)
+		mautrix.MUnknown.WithStatus(http.StatusServiceUnavailable).WithMessage("Request cancelled; please retry").Write(w)
 	default:
 		log.ErrorContext(r.Context(), "internal error", "method", r.Method, "path", r.URL.Path, "err", err)
 		mautrix.MUnknown.WithMessage("Internal server error").Write(w)

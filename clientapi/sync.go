@@ -172,7 +172,9 @@ func (a *API) waitForSync(ctx context.Context, req *syncRequest) (*syncResponse,
 			case <-timer.C:
 				return a.buildSync(ctx, req, n.Latest())
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				// Server shutdown (or the client left): answer normally so a
+				// client that is still there simply polls again.
+				return a.buildSync(context.WithoutCancel(ctx), req, n.Latest())
 			}
 		}
 		to := n.Latest()
