@@ -83,10 +83,14 @@ func (s *Server) Start() error {
 		return fmt.Errorf("listening on %s: %w", s.cfg.ListenAddr(), err)
 	}
 	s.ln = ln
-	s.bg.Add(2)
+	s.bg.Add(3)
 	go func() {
 		defer s.bg.Done()
 		s.rooms.Typing().Run(s.baseCtx)
+	}()
+	go func() {
+		defer s.bg.Done()
+		s.db.RunCheckpoints(s.baseCtx, time.Second)
 	}()
 	go func() {
 		defer s.bg.Done()

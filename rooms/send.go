@@ -47,22 +47,110 @@ var userIDForSender spec.UserIDForSender = func(_ spec.RoomID, senderID spec.Sen
 
 // Send builds, authorises and persists one event. With a TxnID already used
 // by the device it returns the stored event instead of sending again.
+//
+// Concurrent sends to one room are committed together: each request joins
+// the room's queue, and whoever holds the room lock builds every queued
+// event in order and commits them in one transaction. Order and auth checks
+// are exactly those of one-by-one sending; the commit cost is shared.
 func (s *Service) Send(ctx context.Context, roomID string, req EventRequest) (*storage.Event, error) {
-	r, err := s.lockRoom(ctx, roomID)
-	if err != nil {
-		return nil, err
+	r := s.roomEntry(roomID)
+	p := &pendingSend{req: req, done: make(chan sendResult, 1)}
+	r.qmu.Lock()
+	r.queue = append(r.queue, p)
+	r.qmu.Unlock()
+
+	r.mu.Lock()
+	select {
+	case res := <-p.done: // an earlier lock holder sent it with its batch
+		r.mu.Unlock()
+		return res.ev, res.err
+	default:
 	}
-	defer r.mu.Unlock()
-	if req.TxnID != "" {
-		if prev, err := s.txnEvent(ctx, req); err != nil || prev != nil {
-			return prev, err
+	r.qmu.Lock()
+	batch := r.queue
+	r.queue = nil
+	r.qmu.Unlock()
+	// The batch is shared: one client going away must not fail the others.
+	s.sendBatchLocked(context.WithoutCancel(ctx), r, batch)
+	r.mu.Unlock()
+	res := <-p.done
+	return res.ev, res.err
+}
+
+// pendingSend is a queued Send waiting for its batch to commit.
+type pendingSend struct {
+	req  EventRequest
+	done chan sendResult
+}
+
+type sendResult struct {
+	ev  *storage.Event
+	err error
+}
+
+// sendBatchLocked builds each queued request against the state left by the
+// previous ones (a refused request does not affect the others), commits the
+// built events in one transaction and delivers every result.
+func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pendingSend) {
+	results := make([]sendResult, len(batch))
+	deliver := func() {
+		for i, p := range batch {
+			p.done <- results[i]
 		}
 	}
-	evs, err := s.sendLocked(ctx, r, []EventRequest{req}, nil)
-	if err != nil {
-		return nil, err
+	if !r.loaded {
+		if err := s.loadRoom(ctx, r); err != nil {
+			for i := range results {
+				results[i].err = err
+			}
+			s.forgetUnloaded(r)
+			deliver()
+			return
+		}
 	}
-	return evs[0], nil
+	overlay := make(map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU)
+	prevID, depth := r.latestID, r.depth
+	var built []*builtEvent
+	var builtIdx []int
+	firstOfTxn := map[[3]string]int{}
+	dupOf := make(map[int]int)
+	for i, p := range batch {
+		req := p.req
+		if req.TxnID != "" {
+			key := [3]string{req.Sender, req.DeviceID, req.TxnID}
+			if j, ok := firstOfTxn[key]; ok {
+				dupOf[i] = j // the same txnId twice in one batch: one event
+				continue
+			}
+			firstOfTxn[key] = i
+			if prev, err := s.txnEvent(ctx, req); err != nil || prev != nil {
+				results[i] = sendResult{prev, err}
+				continue
+			}
+		}
+		be, err := s.buildLocked(r, req, overlay, prevID, depth+1)
+		if err != nil {
+			results[i].err = err
+			continue
+		}
+		built = append(built, be)
+		builtIdx = append(builtIdx, i)
+		prevID, depth = be.pdu.EventID(), depth+1
+	}
+	if len(built) > 0 {
+		rows, err := s.commitLocked(ctx, r, built, nil)
+		for k, i := range builtIdx {
+			if err != nil {
+				results[i].err = err
+			} else {
+				results[i].ev = rows[k]
+			}
+		}
+	}
+	for i, j := range dupOf {
+		results[i] = results[j]
+	}
+	deliver()
 }
 
 func (s *Service) txnEvent(ctx context.Context, req EventRequest) (*storage.Event, error) {
@@ -169,6 +257,12 @@ func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, 
 		built = append(built, be)
 		prevID, depth = be.pdu.EventID(), depth+1
 	}
+	return s.commitLocked(ctx, r, built, extra)
+}
+
+// commitLocked persists built events in one transaction; after the commit
+// the room cache, the recent-events ring and the notifier move forward.
+func (s *Service) commitLocked(ctx context.Context, r *room, built []*builtEvent, extra func(tx *storage.Tx) error) ([]*storage.Event, error) {
 	rows := make([]*storage.Event, len(built))
 	err := s.db.Write(ctx, func(tx *storage.Tx) error {
 		if extra != nil {

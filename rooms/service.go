@@ -83,6 +83,10 @@ type room struct {
 	depth    int64
 	loaded   bool
 
+	// qmu guards queue: sends waiting to be committed with the next batch.
+	qmu   sync.Mutex
+	queue []*pendingSend
+
 	// recent holds the room's newest events so /sync long-polls, which
 	// mostly ask for "what came after my token", need no query.
 	recent recentEvents
@@ -165,22 +169,39 @@ var errRoomNotFound = mautrix.MNotFound.WithMessage("Room not found")
 // getRoom returns the cached room, loading it on first use; M_NOT_FOUND if unknown.
 // The returned room is locked; the caller must unlock it.
 func (s *Service) lockRoom(ctx context.Context, roomID string) (*room, error) {
-	s.mu.Lock()
-	r := s.rooms[roomID]
-	if r == nil {
-		r = &room{id: roomID}
-		s.rooms[roomID] = r
-	}
-	s.mu.Unlock()
+	r := s.roomEntry(roomID)
 	r.mu.Lock()
 	if r.loaded {
 		return r, nil
 	}
 	if err := s.loadRoom(ctx, r); err != nil {
+		s.forgetUnloaded(r)
 		r.mu.Unlock()
 		return nil, err
 	}
 	return r, nil
+}
+
+// roomEntry returns the room's cache entry, creating an unloaded one.
+func (s *Service) roomEntry(roomID string) *room {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.rooms[roomID]
+	if r == nil {
+		r = &room{id: roomID}
+		s.rooms[roomID] = r
+	}
+	return r
+}
+
+// forgetUnloaded drops an entry that failed to load (e.g. an unknown room
+// id), so requests for made-up rooms do not grow the cache. r is locked.
+func (s *Service) forgetUnloaded(r *room) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !r.loaded && s.rooms[r.id] == r {
+		delete(s.rooms, r.id)
+	}
 }
 
 func (s *Service) loadRoom(ctx context.Context, r *room) error {
