@@ -2,10 +2,13 @@ package clientapi
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/agentspace/agentspace/storage"
 )
@@ -88,50 +91,40 @@ func storageEventFilter(fp *mautrix.FilterPart) *storage.EventFilter {
 // in memory (for lists not fetched through SQL, such as room state).
 // A `types` list that is present but empty matches nothing, as the spec says.
 func filterMatchesEvent(fp *mautrix.FilterPart, e *storage.Event) bool {
-	if fp == nil {
-		return true
+	if !filterMatches(fp, e.Type, e.Sender) {
+		return false
 	}
-	for _, t := range fp.NotTypes {
-		if globMatch(t.Type, e.Type) {
-			return false
-		}
-	}
-	if fp.Types != nil {
-		ok := false
-		for _, t := range fp.Types {
-			if globMatch(t.Type, e.Type) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	for _, s := range fp.NotSenders {
-		if string(s) == e.Sender {
-			return false
-		}
-	}
-	if fp.Senders != nil {
-		ok := false
-		for _, s := range fp.Senders {
-			if string(s) == e.Sender {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	if fp.ContainsURL != nil {
+	if fp != nil && fp.ContainsURL != nil {
 		has := gjson.GetBytes(e.PDUJSON, "content.url").Exists()
 		if has != *fp.ContainsURL {
 			return false
 		}
 	}
 	return true
+}
+
+// filterMatches applies a filter's types/not_types and senders/not_senders
+// to an event type and sender (sender "" skips the sender checks, for data
+// that has none, such as account data).
+func filterMatches(fp *mautrix.FilterPart, evType, sender string) bool {
+	if fp == nil {
+		return true
+	}
+	for _, t := range fp.NotTypes {
+		if globMatch(t.Type, evType) {
+			return false
+		}
+	}
+	if fp.Types != nil && !slices.ContainsFunc(fp.Types, func(t event.Type) bool { return globMatch(t.Type, evType) }) {
+		return false
+	}
+	if sender == "" {
+		return true
+	}
+	if slices.Contains(fp.NotSenders, id.UserID(sender)) {
+		return false
+	}
+	return fp.Senders == nil || slices.Contains(fp.Senders, id.UserID(sender))
 }
 
 // filterAllowsRoom applies rooms/not_rooms.

@@ -4,12 +4,9 @@ import (
 	"context"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/agentspace/agentspace/rooms"
@@ -199,57 +196,6 @@ func (b *syncBuilder) roomAllowed(roomID string) bool {
 	return !slices.Contains(f.NotRooms, id.RoomID(roomID))
 }
 
-// eventFilter converts a filter part to the storage filter for timelines.
-func eventFilter(p *mautrix.FilterPart) *storage.EventFilter {
-	if p == nil {
-		return nil
-	}
-	f := &storage.EventFilter{ContainsURL: p.ContainsURL}
-	for _, t := range p.Types {
-		f.Types = append(f.Types, t.Type)
-	}
-	for _, t := range p.NotTypes {
-		f.NotTypes = append(f.NotTypes, t.Type)
-	}
-	for _, u := range p.Senders {
-		f.Senders = append(f.Senders, string(u))
-	}
-	for _, u := range p.NotSenders {
-		f.NotSenders = append(f.NotSenders, string(u))
-	}
-	return f
-}
-
-// matchPart applies a filter part to an event type and sender in memory.
-func matchPart(p *mautrix.FilterPart, evType, sender string) bool {
-	if p == nil {
-		return true
-	}
-	match := func(types []event.Type) bool {
-		for _, t := range types {
-			if t.Type == evType || (strings.HasSuffix(t.Type, "*") && strings.HasPrefix(evType, strings.TrimSuffix(t.Type, "*"))) {
-				return true
-			}
-		}
-		return false
-	}
-	if p.Types != nil && !match(p.Types) {
-		return false
-	}
-	if match(p.NotTypes) {
-		return false
-	}
-	if sender != "" {
-		if len(p.Senders) > 0 && !slices.Contains(p.Senders, id.UserID(sender)) {
-			return false
-		}
-		if slices.Contains(p.NotSenders, id.UserID(sender)) {
-			return false
-		}
-	}
-	return true
-}
-
 // timelineWindow loads the newest visible events of a room with
 // lower < pos <= upper (limit+1 to detect "limited").
 func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, upper storage.StreamPos, vis *rooms.Visibility) ([]*storage.Event, bool, error) {
@@ -275,7 +221,7 @@ func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, 
 			return out, false, nil
 		}
 	}
-	f := eventFilter(b.req.filter.Room.Timeline)
+	f := storageEventFilter(b.req.filter.Room.Timeline)
 	var out []*storage.Event
 	cursor := upper
 	limited := false
@@ -407,7 +353,7 @@ func (b *syncBuilder) filterState(state, tl []*storage.Event) []*storage.Event {
 		if _, dup := inTimeline[e.EventID]; dup {
 			continue
 		}
-		if !matchPart(sf, e.Type, e.Sender) {
+		if !filterMatches(sf, e.Type, e.Sender) {
 			continue
 		}
 		if sf != nil && sf.LazyLoadMembers && e.Type == spec.MRoomMember && e.StateKey != nil {
@@ -422,7 +368,7 @@ func (b *syncBuilder) filterState(state, tl []*storage.Event) []*storage.Event {
 
 func (b *syncBuilder) ephemeral(ctx context.Context, roomID string, jr *joinedRoom) error {
 	ef := b.req.filter.Room.Ephemeral
-	if users, changed := b.a.typing.Since(roomID, b.since); changed && matchPart(ef, "m.typing", "") {
+	if users, changed := b.a.typing.Since(roomID, b.since); changed && filterMatches(ef, "m.typing", "") {
 		if users == nil {
 			users = []string{}
 		}
@@ -430,7 +376,7 @@ func (b *syncBuilder) ephemeral(ctx context.Context, roomID string, jr *joinedRo
 			"type": "m.typing", "content": map[string]any{"user_ids": users},
 		})
 	}
-	if matchPart(ef, "m.receipt", "") && (b.since == 0 || b.req.fullState || b.a.rooms.Notifier().ReceiptsChangedSince(roomID, b.since)) {
+	if filterMatches(ef, "m.receipt", "") && (b.since == 0 || b.req.fullState || b.a.rooms.Notifier().ReceiptsChangedSince(roomID, b.since)) {
 		receipts, err := b.a.db.ReceiptsSince(ctx, []string{roomID}, b.since, b.to)
 		if err != nil {
 			return err
@@ -579,12 +525,12 @@ func (b *syncBuilder) globalData(ctx context.Context, sharing map[string]struct{
 	for _, d := range data {
 		ev := map[string]any{"type": d.Type, "content": d.Content}
 		if d.RoomID == "" {
-			if matchPart(b.req.filter.AccountData, d.Type, "") {
+			if filterMatches(b.req.filter.AccountData, d.Type, "") {
 				b.resp.AccountData.Events = append(b.resp.AccountData.Events, ev)
 			}
 			continue
 		}
-		if !b.roomAllowed(d.RoomID) || !matchPart(b.req.filter.Room.AccountData, d.Type, "") {
+		if !b.roomAllowed(d.RoomID) || !filterMatches(b.req.filter.Room.AccountData, d.Type, "") {
 			continue
 		}
 		if jr := b.resp.Rooms.Join[d.RoomID]; jr != nil {
@@ -616,7 +562,7 @@ func (b *syncBuilder) globalData(ctx context.Context, sharing map[string]struct{
 	}
 	now := time.Now().UnixMilli()
 	for _, p := range presence {
-		if !matchPart(b.req.filter.Presence, "m.presence", p.UserID) {
+		if !filterMatches(b.req.filter.Presence, "m.presence", p.UserID) {
 			continue
 		}
 		content := map[string]any{"presence": p.Presence, "currently_active": p.CurrentlyActive}
