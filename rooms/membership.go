@@ -106,8 +106,9 @@ func (s *Service) Redact(ctx context.Context, roomID string, req EventRequest) (
 		return nil, err
 	}
 	defer r.mu.Unlock()
+	req.Type = spec.MRoomRedaction
 	if req.TxnID != "" {
-		if prev, err := s.txnEvent(ctx, req); err != nil || prev != nil {
+		if prev, err := s.txnEvent(ctx, roomID, req); err != nil || prev != nil {
 			return prev, err
 		}
 	}

@@ -117,13 +117,13 @@ func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pending
 	for i, p := range batch {
 		req := p.req
 		if req.TxnID != "" {
-			key := [3]string{req.Sender, req.DeviceID, req.TxnID}
+			key := [3]string{req.Sender, req.DeviceID, req.txnKey(r.id)}
 			if j, ok := firstOfTxn[key]; ok {
 				dupOf[i] = j // the same txnId twice in one batch: one event
 				continue
 			}
 			firstOfTxn[key] = i
-			if prev, err := s.txnEvent(ctx, req); err != nil || prev != nil {
+			if prev, err := s.txnEvent(ctx, r.id, req); err != nil || prev != nil {
 				results[i] = sendResult{prev, err}
 				continue
 			}
@@ -153,8 +153,15 @@ func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pending
 	deliver()
 }
 
-func (s *Service) txnEvent(ctx context.Context, req EventRequest) (*storage.Event, error) {
-	id, err := s.db.TxnEventID(ctx, req.Sender, req.DeviceID, req.TxnID)
+// txnKey scopes a transaction id the way Synapse does (by request path):
+// the same txnId sent to another room, or as another event type or endpoint,
+// is a different request.
+func (req EventRequest) txnKey(roomID string) string {
+	return roomID + "\x00" + req.Type + "\x00" + req.TxnID
+}
+
+func (s *Service) txnEvent(ctx context.Context, roomID string, req EventRequest) (*storage.Event, error) {
+	id, err := s.db.TxnEventID(ctx, req.Sender, req.DeviceID, req.txnKey(roomID))
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, nil
 	} else if err != nil {
@@ -288,7 +295,7 @@ func (s *Service) commitLocked(ctx context.Context, r *room, built []*builtEvent
 				}
 			}
 			if be.req.TxnID != "" {
-				if err := tx.InsertTxn(ctx, be.req.Sender, be.req.DeviceID, be.req.TxnID, row.EventID); err != nil {
+				if err := tx.InsertTxn(ctx, be.req.Sender, be.req.DeviceID, be.req.txnKey(r.id), row.EventID); err != nil {
 					return err
 				}
 			}
