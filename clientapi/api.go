@@ -110,10 +110,11 @@ func (a *API) Handler(reg *prometheus.Registry) http.Handler {
 	root.SkipClean(true) // state keys may contain encoded slashes
 	root.UseEncodedPath()
 	rt := routes{root: root}
+	// gorilla/mux tries routes in registration order: the hottest first.
+	a.registerSync(rt)
 	a.registerDiscovery(rt)
 	a.registerAccount(rt)
 	a.registerRooms(rt)
-	a.registerSync(rt)
 	a.registerEphemeral(rt)
 	a.registerKeys(rt)
 	a.registerMedia(rt)

@@ -22,6 +22,7 @@ import (
 // registerRooms registers the room endpoints: creation and membership here,
 // state, sending, history, directory and search in their own files.
 func (a *API) registerRooms(rt routes) {
+	a.registerRoomSend(rt) // first: the hottest room route (see Handler)
 	rt.client("/createRoom", a.authed(a.rateLimited(a.createRoom)), http.MethodPost)
 	rt.client("/join/{roomIdOrAlias}", a.authed(a.rateLimited(a.joinRoomIDOrAlias)), http.MethodPost)
 	rt.client("/knock/{roomIdOrAlias}", a.authed(a.rateLimited(a.knockRoom)), http.MethodPost)
@@ -36,7 +37,6 @@ func (a *API) registerRooms(rt routes) {
 	rt.client("/rooms/{roomId}/members", a.authed(a.roomMembers), http.MethodGet)
 	rt.client("/rooms/{roomId}/joined_members", a.authed(a.joinedMembers), http.MethodGet)
 	a.registerRoomState(rt)
-	a.registerRoomSend(rt)
 	a.registerRoomMessages(rt)
 	a.registerRoomDirectory(rt)
 	a.registerRoomSearch(rt)
