@@ -209,9 +209,12 @@ func (db *DB) RunCheckpoints(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			// PASSIVE never blocks writers; on the write pool it simply
-			// waits its turn for the one connection.
-			if _, err := db.write.ExecContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`); err != nil && ctx.Err() == nil {
+			// RESTART, not PASSIVE: with /sync readers always active a
+			// passive checkpoint never lets the log start over, so it grows
+			// without bound and every page lookup slows down. RESTART waits
+			// (briefly: reads are short) until readers have moved on; it runs
+			// on the write connection, so writes just queue behind it.
+			if _, err := db.write.ExecContext(ctx, `PRAGMA wal_checkpoint(RESTART)`); err != nil && ctx.Err() == nil {
 				continue // retried next tick; the WAL just grows meanwhile
 			}
 		}
