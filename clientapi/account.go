@@ -133,14 +133,7 @@ func (a *API) logoutAll(w http.ResponseWriter, r *http.Request) error {
 	s := sessionFrom(r.Context())
 	ctx := r.Context()
 	err := a.db.Write(ctx, func(tx *storage.Tx) error {
-		ids, err := tx.DeviceIDsOfUser(ctx, s.UserID, nil)
-		if err != nil {
-			return err
-		}
-		if err := a.deleteDevicesTx(ctx, tx, s.UserID, ids); err != nil {
-			return err
-		}
-		return tx.DeleteUserTokens(ctx, s.UserID)
+		return a.deleteAllDevicesTx(ctx, tx, s.UserID)
 	})
 	if err != nil {
 		return err
@@ -239,14 +232,7 @@ func (a *API) deactivate(w http.ResponseWriter, r *http.Request) error {
 				return fmt.Errorf("erasing profile: %w", err)
 			}
 		}
-		ids, err := tx.DeviceIDsOfUser(ctx, s.UserID, nil)
-		if err != nil {
-			return err
-		}
-		if err := a.deleteDevicesTx(ctx, tx, s.UserID, ids); err != nil {
-			return err
-		}
-		return tx.DeleteUserTokens(ctx, s.UserID)
+		return a.deleteAllDevicesTx(ctx, tx, s.UserID)
 	})
 	if err != nil {
 		return err
@@ -280,4 +266,17 @@ func (a *API) threePIDs(w http.ResponseWriter, r *http.Request) error {
 func (a *API) threePIDDenied(w http.ResponseWriter, r *http.Request) error {
 	return mautrix.RespError{ErrCode: "M_THREEPID_DENIED", StatusCode: http.StatusBadRequest}.
 		WithMessage("Third-party identifiers are not supported by this server")
+}
+
+// deleteAllDevicesTx removes every device of a user and revokes all their
+// access and refresh tokens (logout/all, deactivation).
+func (a *API) deleteAllDevicesTx(ctx context.Context, tx *storage.Tx, userID string) error {
+	ids, err := tx.DeviceIDsOfUser(ctx, userID, nil)
+	if err != nil {
+		return err
+	}
+	if err := a.deleteDevicesTx(ctx, tx, userID, ids); err != nil {
+		return err
+	}
+	return tx.DeleteUserTokens(ctx, userID)
 }

@@ -358,23 +358,17 @@ func (a *API) join(ctx context.Context, s *Session, roomID string, body membersh
 
 // joinRoomIDOrAlias is POST /join/{roomIdOrAlias}.
 func (a *API) joinRoomIDOrAlias(w http.ResponseWriter, r *http.Request) error {
-	roomID, err := a.resolveRoomIDOrAlias(r)
-	if err != nil {
-		return err
-	}
-	var body membershipBody
-	if err := decodeJSON(r, &body); err != nil {
-		return err
-	}
-	if err := a.join(r.Context(), sessionFrom(r.Context()), roomID, body); err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+	return a.joinVia(w, r, a.resolveRoomIDOrAlias)
 }
 
 // joinRoomByID is POST /rooms/{roomId}/join.
 func (a *API) joinRoomByID(w http.ResponseWriter, r *http.Request) error {
-	roomID, err := roomIDVar(r)
+	return a.joinVia(w, r, roomIDVar)
+}
+
+// joinVia joins the room that resolve names in the request.
+func (a *API) joinVia(w http.ResponseWriter, r *http.Request, resolve func(*http.Request) (string, error)) error {
+	roomID, err := resolve(r)
 	if err != nil {
 		return err
 	}
