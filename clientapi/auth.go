@@ -2,10 +2,6 @@ package clientapi
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
@@ -33,22 +29,6 @@ type sessionKey struct{}
 func sessionFrom(ctx context.Context) *Session {
 	s, _ := ctx.Value(sessionKey{}).(*Session)
 	return s
-}
-
-// NewToken returns a random 256-bit token, URL-safe, with a prefix naming its kind.
-func NewToken(prefix string) string {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		panic(err) // crypto/rand never fails on supported platforms
-	}
-	return prefix + base64.RawURLEncoding.EncodeToString(b)
-}
-
-// HashToken is what the database stores instead of a token. A fast hash is
-// right here: tokens are 256-bit random, so there is nothing to brute-force.
-func HashToken(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:])
 }
 
 // tokenFromRequest reads the access token from the Authorization header or
@@ -80,7 +60,7 @@ func (a *API) authenticate(r *http.Request) (*Session, error) {
 	if token == "" {
 		return nil, errUnknownToken
 	}
-	hash := HashToken(token)
+	hash := storage.HashToken(token)
 	gen := a.db.AuthGeneration() // read before the lookup: see sessionCache.put
 	if s, expires, ok := a.sessions.get(hash, gen); ok {
 		if expires > 0 && time.Now().UnixMilli() >= expires {

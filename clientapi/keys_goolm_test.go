@@ -105,13 +105,13 @@ func TestMautrixCryptoOlmAndCrossSigning(t *testing.T) {
 	}
 	// A second device of bob, holding his cross-signing keys but nothing
 	// else, learns every signature from /keys/query alone.
-	phoneTok := NewToken("syt_")
+	phoneTok := storage.NewToken("syt_")
 	if err := ts.db.Write(ctx, func(tx *storage.Tx) error {
 		now := time.Now().UnixMilli()
 		if err := tx.UpsertDevice(ctx, &storage.Device{UserID: bob, DeviceID: "BOBPHONE", CreatedTS: now}); err != nil {
 			return err
 		}
-		return tx.InsertAccessToken(ctx, &storage.AccessToken{TokenHash: HashToken(phoneTok), UserID: bob, DeviceID: "BOBPHONE", CreatedTS: now})
+		return tx.InsertAccessToken(ctx, &storage.AccessToken{TokenHash: storage.HashToken(phoneTok), UserID: bob, DeviceID: "BOBPHONE", CreatedTS: now})
 	}); err != nil {
 		t.Fatal(err)
 	}

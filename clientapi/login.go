@@ -180,7 +180,7 @@ func (a *API) checkPassword(hash, password string) bool {
 func (a *API) dummyHash() []byte {
 	st := a.accounts
 	st.dummyOnce.Do(func() {
-		h, err := bcrypt.GenerateFromPassword([]byte(NewToken("")), a.cfg.BcryptCost)
+		h, err := bcrypt.GenerateFromPassword([]byte(storage.NewToken("")), a.cfg.BcryptCost)
 		if err != nil {
 			// Only an invalid cost fails, which config validation rules out.
 			panic(fmt.Sprintf("bcrypt dummy hash: %v", err))
@@ -273,11 +273,11 @@ func (a *API) issueTokens(ctx context.Context, tx *storage.Tx, userID string, p 
 // insertTokens stores a new access token (and refresh token) for a device
 // and puts them in resp.
 func (a *API) insertTokens(ctx context.Context, tx *storage.Tx, userID, deviceID string, refresh bool, now time.Time, resp *authResponse) error {
-	access := NewToken("syt_")
-	at := &storage.AccessToken{TokenHash: HashToken(access), UserID: userID, DeviceID: deviceID, CreatedTS: now.UnixMilli()}
+	access := storage.NewToken("syt_")
+	at := &storage.AccessToken{TokenHash: storage.HashToken(access), UserID: userID, DeviceID: deviceID, CreatedTS: now.UnixMilli()}
 	if refresh {
-		rt := NewToken("syr_")
-		rh := HashToken(rt)
+		rt := storage.NewToken("syr_")
+		rh := storage.HashToken(rt)
 		if err := tx.InsertRefreshToken(ctx, rh, userID, deviceID); err != nil {
 			return fmt.Errorf("storing refresh token: %w", err)
 		}
@@ -307,7 +307,7 @@ func (a *API) refresh(w http.ResponseWriter, r *http.Request) error {
 		return missingParam("Missing param: refresh_token")
 	}
 	ctx := r.Context()
-	hash := HashToken(*req.RefreshToken)
+	hash := storage.HashToken(*req.RefreshToken)
 	var resp authResponse
 	err := a.db.Write(ctx, func(tx *storage.Tx) error {
 		userID, deviceID, err := tx.RefreshTokenOwner(ctx, hash)

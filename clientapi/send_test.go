@@ -15,13 +15,13 @@ import (
 func rmSecondDevice(t *testing.T, ts *testServer, userID, deviceID string) string {
 	t.Helper()
 	ctx := context.Background()
-	token := NewToken("syt_")
+	token := storage.NewToken("syt_")
 	err := ts.db.Write(ctx, func(tx *storage.Tx) error {
 		now := time.Now().UnixMilli()
 		if err := tx.UpsertDevice(ctx, &storage.Device{UserID: userID, DeviceID: deviceID, CreatedTS: now}); err != nil {
 			return err
 		}
-		return tx.InsertAccessToken(ctx, &storage.AccessToken{TokenHash: HashToken(token), UserID: userID, DeviceID: deviceID, CreatedTS: now})
+		return tx.InsertAccessToken(ctx, &storage.AccessToken{TokenHash: storage.HashToken(token), UserID: userID, DeviceID: deviceID, CreatedTS: now})
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+
+	"github.com/agentspace/agentspace/storage"
 )
 
 // Shared-secret registration, as Synapse's admin API does it
@@ -47,7 +49,7 @@ func (ns *nonceStore) issue(now time.Time) string {
 		}
 		delete(ns.nonces, n) // still over the cap: drop arbitrary ones
 	}
-	nonce := NewToken("")
+	nonce := storage.NewToken("")
 	ns.nonces[nonce] = now.Add(nonceLifetime)
 	return nonce
 }

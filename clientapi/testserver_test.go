@@ -66,7 +66,7 @@ func (ts *testServer) createUser(localpart string) (userID, token string) {
 	ts.t.Helper()
 	ctx := context.Background()
 	userID = "@" + localpart + ":" + ts.cfg.ServerName
-	token = NewToken("syt_")
+	token = storage.NewToken("syt_")
 	err := ts.db.Write(ctx, func(tx *storage.Tx) error {
 		now := time.Now().UnixMilli()
 		if err := tx.InsertUser(ctx, &storage.User{UserID: userID, Localpart: localpart, CreatedTS: now}); err != nil {
@@ -75,7 +75,7 @@ func (ts *testServer) createUser(localpart string) (userID, token string) {
 		if err := tx.UpsertDevice(ctx, &storage.Device{UserID: userID, DeviceID: "DEV" + strings.ToUpper(localpart), CreatedTS: now}); err != nil {
 			return err
 		}
-		return tx.InsertAccessToken(ctx, &storage.AccessToken{TokenHash: HashToken(token), UserID: userID, DeviceID: "DEV" + strings.ToUpper(localpart), CreatedTS: now})
+		return tx.InsertAccessToken(ctx, &storage.AccessToken{TokenHash: storage.HashToken(token), UserID: userID, DeviceID: "DEV" + strings.ToUpper(localpart), CreatedTS: now})
 	})
 	if err != nil {
 		ts.t.Fatalf("createUser %s: %v", localpart, err)

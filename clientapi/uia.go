@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+
+	"github.com/agentspace/agentspace/storage"
 )
 
 // User-interactive authentication
@@ -77,7 +79,7 @@ func (st *uiaStore) create(op, userID string, now time.Time) *uiaSession {
 			oldest = nil
 		}
 	}
-	s := &uiaSession{id: NewToken("")[:24], op: op, userID: userID, expires: now.Add(uiaSessionLifetime)}
+	s := &uiaSession{id: storage.NewToken("")[:24], op: op, userID: userID, expires: now.Add(uiaSessionLifetime)}
 	st.sessions[s.id] = s
 	return s
 }
