@@ -16,6 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"maunium.net/go/mautrix"
 
+	"github.com/agentspace/agentspace/adminapi"
+	"github.com/agentspace/agentspace/appservice"
+	"github.com/agentspace/agentspace/bridge/gateway"
+	"github.com/agentspace/agentspace/bridge/webhook"
 	"github.com/agentspace/agentspace/config"
 	"github.com/agentspace/agentspace/rooms"
 	"github.com/agentspace/agentspace/storage"
@@ -40,6 +44,17 @@ type API struct {
 	unread        *unreadCache
 	// sessions caches authenticated tokens (see sessionCache).
 	sessions *sessionCache
+	// admin serves Synapse's admin API (package adminapi).
+	admin *adminapi.API
+	// longPolls caps the waiting /sync long-polls per user (limits.go).
+	longPolls *longPollLimiter
+	// appservices holds the registrations and delivers to them (appservice.go).
+	appservices *appservice.Deliverer
+	// gateway serves /api and /ws; webhooks runs the webhooks and hooks (bridges.go).
+	gateway  *gateway.Gateway
+	webhooks *webhook.Runner
+	// agents holds the loop breaker and the bot cache (agents.go).
+	agents *agentsState
 }
 
 // NewAPI builds the client API. reg receives the HTTP metrics (nil: a fresh registry).
@@ -47,7 +62,7 @@ func NewAPI(cfg *config.Config, db *storage.DB, rs *rooms.Service, log *slog.Log
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	return &API{
+	a := &API{
 		cfg:      cfg,
 		db:       db,
 		rooms:    rs,
@@ -62,7 +77,14 @@ func NewAPI(cfg *config.Config, db *storage.DB, rs *rooms.Service, log *slog.Log
 		keyCountCache: newKeyCountCache(),
 		unread:        newUnreadCache(),
 		sessions:      newSessionCache(),
+		longPolls:     newLongPollLimiter(cfg.MaxLongPollsPerUser),
 	}
+	// The admin API (/_synapse/admin/...) authenticates with this API's tokens.
+	a.admin = adminapi.New(adminapi.Deps{Config: cfg, DB: db, Rooms: rs, Log: log,
+		Authenticate: a.AdminCaller, HashPassword: a.hashPassword})
+	a.gateway = a.newGateway() // the agent gateway, /api and /ws (bridges.go)
+	a.agents = newAgentsState(a)
+	return a
 }
 
 // wrap turns a handler into an http.Handler that renders its error.
@@ -106,18 +128,29 @@ func (rt routes) exact(path string, h http.Handler, methods ...string) {
 // Handler returns the whole HTTP handler: routes plus CORS, body limit,
 // panic recovery, logging and metrics.
 func (a *API) Handler(reg *prometheus.Registry) http.Handler {
+	return a.cors(a.recoverer(a.limitBody(refuseNULPath(a.router(reg)))))
+}
+
+// router builds the routes (the authorization matrix test walks them).
+func (a *API) router(reg *prometheus.Registry) *mux.Router {
 	root := mux.NewRouter()
 	root.SkipClean(true) // state keys may contain encoded slashes
 	root.UseEncodedPath()
 	rt := routes{root: root}
 	// gorilla/mux tries routes in registration order: the hottest first.
 	a.registerSync(rt)
+	a.registerRoomSend(rt) // /send next: mux escapes the path once per route it tries
 	a.registerDiscovery(rt)
 	a.registerAccount(rt)
 	a.registerRooms(rt)
 	a.registerEphemeral(rt)
 	a.registerKeys(rt)
 	a.registerMedia(rt)
+	a.registerRegistrationTokenRoutes(rt) // uia.go
+	a.admin.Register(root)
+	a.registerAppserviceRoutes(rt)
+	a.registerBridges(root)
+	a.registerAgentspaceAdmin(rt) // agentspace_admin.go
 	if reg != nil {
 		root.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})).Methods(http.MethodGet)
 	}
@@ -132,7 +165,7 @@ func (a *API) Handler(reg *prometheus.Registry) http.Handler {
 		mautrix.MUnrecognized.WithStatus(http.StatusMethodNotAllowed).WithMessage("Method not allowed").Write(w)
 	})
 	root.Use(a.metrics.middleware)
-	return a.cors(a.recoverer(a.limitBody(root)))
+	return root
 }
 
 // cors lets browsers on other origins (Element Web, Cinny) call every
@@ -141,7 +174,7 @@ func (a *API) cors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("Access-Control-Allow-Origin", "*")
-		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
 		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization, Date")
 		if r.Method == http.MethodOptions {
 			h.Set("Content-Type", "application/json")

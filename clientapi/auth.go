@@ -10,6 +10,7 @@ import (
 
 	"maunium.net/go/mautrix"
 
+	"github.com/agentspace/agentspace/adminapi"
 	"github.com/agentspace/agentspace/storage"
 )
 
@@ -20,7 +21,10 @@ type Session struct {
 	IsGuest      bool
 	IsAdmin      bool
 	AppserviceID string
-	TokenHash    string
+	// AppserviceToken: the request was made with the appservice's as_token
+	// (not with a token of one of its users).
+	AppserviceToken bool
+	TokenHash       string
 }
 
 type sessionKey struct{}
@@ -51,6 +55,18 @@ var (
 	errUnknownToken = mautrix.MUnknownToken.WithMessage("Unknown access token").WithExtraField("soft_logout", false)
 )
 
+// AdminCaller authenticates a request for the admin API (package adminapi):
+// the same tokens, errors and session cache as every client endpoint. A
+// request made with an appservice's as_token is never an admin.
+func (a *API) AdminCaller(r *http.Request) (*adminapi.Caller, error) {
+	s, err := a.authenticate(r)
+	if err != nil {
+		return nil, err
+	}
+	return &adminapi.Caller{UserID: s.UserID, DeviceID: s.DeviceID, IsAdmin: s.IsAdmin && !s.AppserviceToken,
+		IsGuest: s.IsGuest, TokenHash: s.TokenHash}, nil
+}
+
 // authenticate resolves the request's token to a session.
 func (a *API) authenticate(r *http.Request) (*Session, error) {
 	token, present := tokenFromRequest(r)
@@ -61,6 +77,9 @@ func (a *API) authenticate(r *http.Request) (*Session, error) {
 		return nil, errUnknownToken
 	}
 	hash := storage.HashToken(token)
+	if reg := a.registry().ByToken(token); reg != nil {
+		return a.authenticateAppservice(r, reg, hash)
+	}
 	gen := a.db.AuthGeneration() // read before the lookup: see sessionCache.put
 	if s, expires, ok := a.sessions.get(hash, gen); ok {
 		if expires > 0 && time.Now().UnixMilli() >= expires {

@@ -86,7 +86,7 @@ func (a *API) getAlias(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	al, err := a.db.AliasByName(r.Context(), alias)
+	al, err := a.lookupAlias(r.Context(), alias)
 	if errors.Is(err, storage.ErrNotFound) {
 		return mautrix.MNotFound.WithMessage("Room alias %s not found", alias)
 	} else if err != nil {
@@ -117,6 +117,9 @@ func (a *API) putAlias(w http.ResponseWriter, r *http.Request) error {
 	}
 	if server != a.cfg.ServerName {
 		return badParam("Room alias must be on this server (%s)", a.cfg.ServerName)
+	}
+	if err := a.checkAliasNamespace(s, alias); err != nil {
+		return err
 	}
 	if _, err := a.db.RoomByID(r.Context(), *body.RoomID); errors.Is(err, storage.ErrNotFound) {
 		return mautrix.MNotFound.WithMessage("Room not found")

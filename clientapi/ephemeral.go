@@ -121,6 +121,13 @@ func (a *API) putTyping(w http.ResponseWriter, r *http.Request) error {
 	if err := a.rooms.Typing().Set(r.Context(), roomID, userID, *body.Typing, timeout); err != nil {
 		return fmt.Errorf("setting typing in %s: %w", roomID, err)
 	}
+	typingNow, _ := a.rooms.Typing().Since(roomID, 0)
+	if typingNow == nil {
+		typingNow = []string{}
+	}
+	a.pushEphemeral(r.Context(), roomID, "", map[string]any{
+		"type": "m.typing", "room_id": roomID, "content": map[string]any{"user_ids": typingNow},
+	})
 	return writeJSON(w, http.StatusOK, empty)
 }
 
@@ -198,6 +205,16 @@ func (a *API) setReceipt(ctx context.Context, roomID, userID, receiptType, threa
 		return mautrix.MNotFound.WithMessage("Event %s not found in this room", eventID)
 	} else if err != nil {
 		return fmt.Errorf("storing %s receipt: %w", receiptType, err)
+	}
+	if receiptType != receiptReadPrivate {
+		receipt := map[string]any{"ts": rec.TS}
+		if threadID != "" {
+			receipt["thread_id"] = threadID
+		}
+		a.pushEphemeral(ctx, roomID, "", map[string]any{
+			"type": "m.receipt", "room_id": roomID,
+			"content": map[string]any{eventID: map[string]any{receiptType: map[string]any{userID: receipt}}},
+		})
 	}
 	return nil
 }
@@ -383,6 +400,11 @@ func (a *API) writePresence(ctx context.Context, userID, presence string, status
 		return fmt.Errorf("storing presence of %s: %w", userID, err)
 	}
 	a.presence.put(userID, presenceState{presence, msg, now})
+	content := map[string]any{"presence": presence, "last_active_ago": 0, "currently_active": presence == presenceOnline}
+	if msg != nil {
+		content["status_msg"] = *msg
+	}
+	a.pushEphemeral(ctx, "", userID, map[string]any{"type": "m.presence", "sender": userID, "content": content})
 	return nil
 }
 

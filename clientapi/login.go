@@ -24,7 +24,7 @@ const (
 // loginFlows answers GET /login.
 func (a *API) loginFlows(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]any{
-		"flows": []map[string]string{{"type": loginTypePassword}},
+		"flows": []map[string]string{{"type": loginTypePassword}, {"type": loginTypeAppservice}},
 	})
 }
 
@@ -53,8 +53,9 @@ func (a *API) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch req.Type {
 	case loginTypePassword:
+	case loginTypeAppservice:
+		return a.loginAppservice(w, r, &req)
 	default:
-		// m.login.application_service is served once appservices are loaded.
 		return mautrix.MUnknown.WithStatus(http.StatusBadRequest).WithMessage("Unknown login type %q", req.Type)
 	}
 	who := req.User

@@ -20,7 +20,8 @@ func TestLoginFlows(t *testing.T) {
 	ts := newTestServer(t)
 	out := ts.mustDo(http.StatusOK, "GET", "/_matrix/client/v3/login", "", nil)
 	flows, _ := out["flows"].([]any)
-	if len(flows) != 1 || flows[0].(map[string]any)["type"] != "m.login.password" {
+	// Synapse offers m.login.application_service too (appservices log in their users with it).
+	if len(flows) != 2 || flows[0].(map[string]any)["type"] != "m.login.password" || flows[1].(map[string]any)["type"] != "m.login.application_service" {
 		t.Fatalf("flows: %v", out)
 	}
 }

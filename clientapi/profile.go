@@ -35,7 +35,7 @@ func (a *API) profileUser(r *http.Request) (*storage.User, error) {
 	if err != nil || !strings.HasPrefix(userID, "@") || !strings.Contains(userID, ":") {
 		return nil, mautrix.MInvalidParam.WithMessage("Invalid user ID")
 	}
-	u, err := a.db.UserByID(r.Context(), userID)
+	u, err := a.lookupUser(r.Context(), userID)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, mautrix.MNotFound.WithMessage("Profile was not found")
 	} else if err != nil {

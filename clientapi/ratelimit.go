@@ -108,13 +108,11 @@ func (rl *rateLimiter) sweepLocked(now time.Time) {
 }
 
 // rateLimitKey names the bucket a request draws from, or exempt=true.
-// This is the one place that decides who is exempt: appservice users whose
-// registration says rate_limited: false will be exempted here.
+// This is the one place that decides who is exempt: appservices (and their
+// users) whose registration says rate_limited: false.
 func (a *API) rateLimitKey(r *http.Request) (key string, exempt bool) {
 	if s := sessionFrom(r.Context()); s != nil {
-		// Appservice exemption (rate_limited: false) goes here, keyed on
-		// s.AppserviceID, once appservice registrations are loaded.
-		return "user:" + s.UserID, false
+		return "user:" + s.UserID, a.rateLimitExempt(s)
 	}
 	return "ip:" + clientIP(r), false
 }

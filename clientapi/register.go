@@ -39,8 +39,8 @@ func validateLocalpart(localpart, serverName string) error {
 
 // checkChosenLocalpart adds Synapse's rules for localparts people choose:
 // a leading underscore is left to appservices, all-digit ids to guests.
-// (Appservice exclusive namespaces, M_EXCLUSIVE, are checked here too once
-// appservice registrations are loaded.)
+// (Appservice exclusive namespaces, M_EXCLUSIVE, are checked by the caller:
+// see checkUserNamespace.)
 func checkChosenLocalpart(localpart, serverName string) error {
 	if err := validateLocalpart(localpart, serverName); err != nil {
 		return err
@@ -97,8 +97,9 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) error {
 		return mautrix.MUnknown.WithStatus(http.StatusBadRequest).
 			WithMessage("An access token should not be provided on requests to /register (except if type is m.login.application_service)")
 	}
-	if !a.cfg.Registration.Enabled {
-		return mautrix.MForbidden.WithMessage("Registration has been disabled")
+	flows, err := a.registrationFlowsFor(r.Context()) // uia.go: dummy, or a registration token
+	if err != nil {
+		return err
 	}
 
 	// A client may send only {"auth": ...} after the first step; the rest
@@ -126,6 +127,9 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) error {
 		if err := checkChosenLocalpart(localpart, a.cfg.ServerName); err != nil {
 			return err
 		}
+		if err := a.checkUserNamespace("@" + localpart + ":" + a.cfg.ServerName); err != nil {
+			return err
+		}
 		taken, err := a.db.LocalpartTaken(r.Context(), localpart)
 		if err != nil {
 			return err
@@ -144,7 +148,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 
-	sess, ch, err := a.userInteractiveAuth(r, uiaRequest{op: "register", flows: registrationFlows, auth: req.Auth})
+	sess, ch, err := a.userInteractiveAuth(r, uiaRequest{op: "register", flows: flows, auth: req.Auth})
 	if err != nil {
 		return err
 	}
@@ -176,6 +180,7 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	a.completeRegistrationToken(r.Context(), sess.id)
 	a.accounts.uia.finish(sess.id)
 	return writeJSON(w, http.StatusOK, resp)
 }
@@ -252,29 +257,19 @@ func (a *API) registerGuest(w http.ResponseWriter, r *http.Request, req *registe
 	return writeJSON(w, http.StatusOK, resp)
 }
 
-// registerAppservice handles type m.login.application_service: an appservice
-// registers a user in its namespace, authenticated by its as_token.
-// Appservice registrations are not loaded yet, so no token can be an
-// appservice's: the request is refused as an unknown token is. The
-// appservice work replaces this body (it may reuse validateLocalpart and
-// createAccount with AppserviceID set).
-func (a *API) registerAppservice(w http.ResponseWriter, r *http.Request, req *registerRequest) error {
-	if _, present := tokenFromRequest(r); !present {
-		return mautrix.MMissingToken.WithMessage("Appservice token must be provided when using a type of m.login.application_service")
-	}
-	return errUnknownToken.WithMessage("Unknown appservice token")
-}
-
 // registerAvailable answers GET /register/available.
 func (a *API) registerAvailable(w http.ResponseWriter, r *http.Request) error {
-	if !a.cfg.Registration.Enabled {
-		return mautrix.MForbidden.WithMessage("Registration has been disabled")
+	if _, err := a.registrationFlowsFor(r.Context()); err != nil {
+		return err
 	}
 	username := r.URL.Query().Get("username")
 	if username == "" {
 		return missingParam("Missing string query parameter 'username'")
 	}
 	if err := checkChosenLocalpart(username, a.cfg.ServerName); err != nil {
+		return err
+	}
+	if err := a.checkUserNamespace("@" + username + ":" + a.cfg.ServerName); err != nil {
 		return err
 	}
 	taken, err := a.db.LocalpartTaken(r.Context(), username)

@@ -22,7 +22,6 @@ import (
 // registerRooms registers the room endpoints: creation and membership here,
 // state, sending, history, directory and search in their own files.
 func (a *API) registerRooms(rt routes) {
-	a.registerRoomSend(rt) // first: the hottest room route (see Handler)
 	rt.client("/createRoom", a.authed(a.rateLimited(a.createRoom)), http.MethodPost)
 	rt.client("/join/{roomIdOrAlias}", a.authed(a.rateLimited(a.joinRoomIDOrAlias)), http.MethodPost)
 	rt.client("/knock/{roomIdOrAlias}", a.authed(a.rateLimited(a.knockRoom)), http.MethodPost)
@@ -227,6 +226,9 @@ func (a *API) createRoom(w http.ResponseWriter, r *http.Request) error {
 		if len("#"+body.RoomAliasName+":"+a.cfg.ServerName) > 255 {
 			return badParam("Room alias is too long")
 		}
+		if err := a.checkAliasNamespace(s, "#"+body.RoomAliasName+":"+a.cfg.ServerName); err != nil {
+			return err
+		}
 	}
 	if len(body.Invite3PID) > 0 {
 		return errNo3PIDInvites
@@ -320,7 +322,7 @@ func (a *API) resolveRoomIDOrAlias(r *http.Request) (string, error) {
 		if _, _, ok := splitAlias(v); !ok {
 			return "", badParam("Invalid room alias %q", v)
 		}
-		al, err := a.db.AliasByName(r.Context(), v)
+		al, err := a.lookupAlias(r.Context(), v)
 		if errors.Is(err, storage.ErrNotFound) {
 			return "", mautrix.MNotFound.WithMessage("Room alias %s not found", v)
 		} else if err != nil {
@@ -438,6 +440,16 @@ func (a *API) membershipAction(kind membershipActionKind) handler {
 			}
 			if !validUserID(target) {
 				return badParam("Invalid user ID %q", target)
+			}
+		}
+		// Acting on someone else needs the sender in the room, checked before
+		// anything about the target is said. (Leaving is the engine's call:
+		// a second leave, or leaving an invite, is fine.)
+		if kind != actionLeave {
+			if own, err := a.rooms.Membership(r.Context(), roomID, s.UserID); err != nil {
+				return hideUnknownRoom(err)
+			} else if own != spec.Join {
+				return mautrix.MForbidden.WithMessage("You are not in this room")
 			}
 		}
 		current, err := a.rooms.Membership(r.Context(), roomID, target)

@@ -2,52 +2,25 @@ package clientapi
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/agentspace/agentspace/config"
 	"github.com/agentspace/agentspace/rooms"
 	"github.com/agentspace/agentspace/storage"
 )
 
 const rmV3 = "/_matrix/client/v3"
 
-// rmNewServer starts a test server on SQLite or, when
-// AGENTSPACE_TEST_POSTGRES holds a PostgreSQL URL (of a role that may create
-// databases), on a fresh PostgreSQL database that is dropped afterwards.
+// rmNewServer starts a test server on this pass's engine (SQLite, or a
+// fresh PostgreSQL database in the PostgreSQL pass; see testdb).
 func rmNewServer(t *testing.T) *testServer {
 	t.Helper()
-	dsn := os.Getenv("AGENTSPACE_TEST_POSTGRES")
-	if dsn == "" {
-		return newTestServer(t)
-	}
-	admin, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatalf("postgres: %v", err)
-	}
-	name := fmt.Sprintf("agentspace_test_%d", time.Now().UnixNano())
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		admin.Close()
-		t.Fatalf("creating test database: %v", err)
-	}
-	t.Cleanup(func() { // registered first, so it runs after the server stopped
-		_, _ = admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-		admin.Close()
-	})
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return newTestServer(t, func(c *config.Config) { c.Database.URL = u.String() })
+	return newTestServer(t)
 }
 
 var rmTxn atomic.Int64

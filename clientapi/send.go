@@ -57,7 +57,7 @@ func (a *API) sendEvent(w http.ResponseWriter, r *http.Request) error {
 		req.Redacts = target.Str
 		ev, err = a.rooms.Redact(r.Context(), roomID, req)
 	} else {
-		ev, err = a.rooms.Send(r.Context(), roomID, req)
+		ev, err = a.sendMessage(r.Context(), s, roomID, req) // behind the loop breaker (agents.go)
 	}
 	if err != nil {
 		return hideUnknownRoom(err)

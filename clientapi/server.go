@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/agentspace/agentspace/appservice"
+	"github.com/agentspace/agentspace/bridge/webhook"
 	"github.com/agentspace/agentspace/config"
 	"github.com/agentspace/agentspace/rooms"
 	"github.com/agentspace/agentspace/storage"
@@ -27,7 +29,13 @@ type Server struct {
 	rooms *rooms.Service
 	api   *API
 	http  *http.Server
-	ln    net.Listener
+	// appservices delivers events to the registered application services.
+	appservices *appservice.Deliverer
+	ln          net.Listener
+	// feed and cluster keep instances sharing a PostgreSQL database in
+	// step (cluster.go); nil on SQLite.
+	feed    *storage.Feed
+	cluster *rooms.Cluster
 
 	// baseCtx is the parent of every request context; cancelling it ends
 	// long-polls so shutdown does not wait for their timeouts.
@@ -37,12 +45,24 @@ type Server struct {
 	stopOnce   sync.Once
 }
 
+// Limits of the HTTP listener against slow and idle clients: a client that
+// dribbles its request headers (slow-loris) is cut off after
+// ReadHeaderTimeout, one that dribbles its body after ReadTimeout (which
+// covers the largest upload at about 450 KB/s), and an idle keep-alive
+// connection is closed after IdleTimeout.
+const (
+	ReadHeaderTimeout = 10 * time.Second
+	ReadTimeout       = 2 * time.Minute
+	IdleTimeout       = 2 * time.Minute
+	MaxHeaderBytes    = 64 << 10
+)
+
 // NewServer opens the database (running migrations), loads or creates the
 // signing key and builds the API. It starts nothing.
 func NewServer(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Server, error) {
-	if len(cfg.AppServiceConfigFiles) > 0 {
-		// Refuse rather than ignore: bots configured here would silently not work.
-		return nil, fmt.Errorf("app_service_config_files: application services are not supported by this version yet")
+	registry, err := loadAppservices(cfg, log) // configured + built-in agents appservice (agents.go)
+	if err != nil {
+		return nil, err
 	}
 	db, err := storage.Open(ctx, storage.Options{SQLitePath: cfg.Database.Path, PostgresURL: cfg.Database.URL})
 	if err != nil {
@@ -59,17 +79,33 @@ func NewServer(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Serv
 		db.Close()
 		return nil, err
 	}
+	feed, cluster, err := joinCluster(ctx, cfg.Database.URL, db, rs, log)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := prepareAgentsAppservices(ctx, cfg, db, registry); err != nil {
+		if feed != nil {
+			feed.Close()
+		}
+		db.Close()
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	deliverer := appservice.NewDeliverer(db, rs, registry, log, reg, appserviceDelivery(cfg))
 	api := NewAPI(cfg, db, rs, log, reg)
+	api.appservices = deliverer
+	api.webhooks = webhook.New(db, rs, log, reg, cfg, appserviceDelivery(cfg)) // webhooks and hooks (bridges.go)
 	baseCtx, cancel := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, log: log, db: db, rooms: rs, api: api, baseCtx: baseCtx, cancelBase: cancel}
+	s := &Server{cfg: cfg, log: log, db: db, rooms: rs, api: api, appservices: deliverer, baseCtx: baseCtx, cancelBase: cancel,
+		feed: feed, cluster: cluster}
 	s.http = &http.Server{
 		Handler:           api.Handler(reg),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       2 * time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
@@ -83,15 +119,31 @@ func (s *Server) Start() error {
 		return fmt.Errorf("listening on %s: %w", s.cfg.ListenAddr(), err)
 	}
 	s.ln = ln
-	s.bg.Add(3)
+	s.bg.Add(4)
+	go func() {
+		defer s.bg.Done()
+		s.appservices.Run(s.baseCtx)
+	}()
 	go func() {
 		defer s.bg.Done()
 		s.rooms.Typing().Run(s.baseCtx)
+	}()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.api.webhooks.Run(s.baseCtx) // webhooks and hooks: stream consumers like the appservices
 	}()
 	go func() {
 		defer s.bg.Done()
 		s.db.RunCheckpoints(s.baseCtx, time.Second)
 	}()
+	if s.cluster != nil {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			s.cluster.Run(s.baseCtx)
+		}()
+	}
 	go func() {
 		defer s.bg.Done()
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -119,9 +171,22 @@ func (s *Server) Rooms() *rooms.Service { return s.rooms }
 func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 	s.stopOnce.Do(func() {
+		// WebSockets first, while their request contexts still live, so each
+		// gets a 1001 close frame rather than a cut connection (they are
+		// hijacked: http.Server.Shutdown would not wait for them anyway).
+		gerr := s.api.gateway.Close(ctx)
 		s.cancelBase()
 		err = s.http.Shutdown(ctx)
+		if err == nil {
+			err = gerr
+		}
+		if aerr := s.api.admin.Close(ctx); err == nil {
+			err = aerr // admin tasks (room deletions, purges) finish before the database closes
+		}
 		s.bg.Wait()
+		if s.feed != nil {
+			s.feed.Close()
+		}
 		if cerr := s.db.Close(); err == nil {
 			err = cerr
 		}

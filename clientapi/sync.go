@@ -68,6 +68,13 @@ func (a *API) handleSync(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if req.waitsForSync() {
+		release, err := a.longPolls.acquire(req.session.UserID)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	ctx := r.Context()
 	if p := r.URL.Query().Get("set_presence"); p != "" {
 		if p != "online" && p != "offline" && p != "unavailable" {

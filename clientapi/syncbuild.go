@@ -1,9 +1,13 @@
 package clientapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"slices"
 	"sort"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -38,13 +42,13 @@ type eventList struct {
 }
 
 type timeline struct {
-	Events    []rooms.ClientEvent `json:"events"`
-	Limited   bool                `json:"limited"`
-	PrevBatch string              `json:"prev_batch,omitempty"`
+	Events    []json.RawMessage `json:"events"`
+	Limited   bool              `json:"limited"`
+	PrevBatch string            `json:"prev_batch,omitempty"`
 }
 
 type stateList struct {
-	Events []rooms.ClientEvent `json:"events"`
+	Events []json.RawMessage `json:"events"`
 }
 
 type roomSummary struct {
@@ -197,8 +201,10 @@ func (b *syncBuilder) roomAllowed(roomID string) bool {
 }
 
 // timelineWindow loads the newest visible events of a room with
-// lower < pos <= upper (limit+1 to detect "limited").
-func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, upper storage.StreamPos, vis *rooms.Visibility) ([]*storage.Event, bool, error) {
+// lower < pos <= upper (limit+1 to detect "limited"). shared reports that
+// the events came from the room's in-memory ring, whose event values every
+// syncing member sees (so their rendering can be shared, see renderEvents).
+func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, upper storage.StreamPos, vis *rooms.Visibility) (evs []*storage.Event, limited, shared bool, err error) {
 	limit := b.req.filter.Room.Timeline.Limit
 	if lower > 0 {
 		// The common long-poll case: the few events after the token are
@@ -210,26 +216,25 @@ func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, 
 					continue
 				}
 				if ok, err := vis.CanSee(ctx, e); err != nil {
-					return nil, false, err
+					return nil, false, false, err
 				} else if ok {
 					out = append(out, e)
 				}
 			}
 			if len(out) > limit {
-				return out[len(out)-limit:], true, nil
+				return out[len(out)-limit:], true, true, nil
 			}
-			return out, false, nil
+			return out, false, true, nil
 		}
 	}
 	f := storageEventFilter(b.req.filter.Room.Timeline)
 	var out []*storage.Event
 	cursor := upper
-	limited := false
 	// Pages until enough visible events are found (history visibility may hide some).
 	for len(out) <= limit {
 		page, err := b.a.db.RoomEvents(ctx, roomID, cursor, lower, true, limit+1, f)
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		if len(page) == 0 {
 			break
@@ -237,7 +242,7 @@ func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, 
 		cursor = page[len(page)-1].Pos - 1
 		visible, err := vis.Filter(ctx, page)
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
 		out = append(out, visible...)
 		if len(page) < limit+1 {
@@ -249,11 +254,103 @@ func (b *syncBuilder) timelineWindow(ctx context.Context, roomID string, lower, 
 		limited = true
 	}
 	slices.Reverse(out)
-	return out, limited, nil
+	return out, limited, false, nil
 }
 
-func (b *syncBuilder) render(evs []*storage.Event) []rooms.ClientEvent {
-	return rooms.ToClientEvents(evs, b.viewer, rooms.FormatOptions{OmitRoomID: true})
+// render renders events in the sync format for the syncing device.
+func (b *syncBuilder) render(evs []*storage.Event) []json.RawMessage {
+	return b.renderEvents(evs, false)
+}
+
+// renderEvents is render; with shared the events come from a room's
+// in-memory ring: every member syncing after a send renders the same event
+// values, so the part of the JSON that is the same for every viewer is
+// built once and cached.
+func (b *syncBuilder) renderEvents(evs []*storage.Event, shared bool) []json.RawMessage {
+	out := make([]json.RawMessage, len(evs))
+	now := time.Now().UnixMilli()
+	for i, e := range evs {
+		out[i] = renderSyncEvent(e, b.viewer, now, shared)
+	}
+	return out
+}
+
+// renderSyncEvent renders e as rooms.ToClientEvent does in the sync format
+// (no room_id). The per-viewer part, unsigned (with age and, for the
+// sending device, transaction_id), comes last, after a prefix that is the
+// same for everyone and cached for events from the ring.
+func renderSyncEvent(e *storage.Event, v rooms.Viewer, now int64, shared bool) json.RawMessage {
+	unsigned := bytes.TrimSpace(e.Unsigned)
+	if len(unsigned) == 0 {
+		unsigned = []byte("{}")
+	}
+	if unsigned[0] != '{' || unsigned[len(unsigned)-1] != '}' ||
+		bytes.Contains(unsigned, []byte(`"age"`)) || bytes.Contains(unsigned, []byte(`"transaction_id"`)) {
+		// Not the shape stored by the room engine: render the general way.
+		raw, _ := json.Marshal(rooms.ToClientEvent(e, v, rooms.FormatOptions{OmitRoomID: true}))
+		return raw
+	}
+	var prefix []byte
+	if shared {
+		prefix = sharedRenders.get(e)
+	}
+	if prefix == nil {
+		ce := rooms.ToClientEvent(e, rooms.Viewer{}, rooms.FormatOptions{OmitRoomID: true})
+		ce.Unsigned = nil
+		raw, _ := json.Marshal(ce) // content is valid JSON: it came out of a PDU
+		prefix = raw[:len(raw)-1]  // without the closing brace
+		if shared {
+			sharedRenders.put(e, prefix)
+		}
+	}
+	out := make([]byte, 0, len(prefix)+len(unsigned)+48)
+	out = append(out, prefix...)
+	out = append(out, `,"unsigned":{`...)
+	if inner := bytes.TrimSpace(unsigned[1 : len(unsigned)-1]); len(inner) > 0 {
+		out = append(out, inner...)
+		out = append(out, ',')
+	}
+	out = append(out, `"age":`...)
+	out = strconv.AppendInt(out, max(now-e.OriginTS, 0), 10)
+	if e.TxnID != nil && e.TxnDevice != nil && v.UserID == e.Sender && v.DeviceID == *e.TxnDevice {
+		txn, _ := json.Marshal(*e.TxnID)
+		out = append(out, `,"transaction_id":`...)
+		out = append(out, txn...)
+	}
+	return append(out, '}', '}')
+}
+
+// renderCache maps ring events to the viewer-independent prefix of their
+// sync JSON. It holds two generations of at most renderCacheSize entries:
+// a lookup checks both, and when the newer one fills up the older is
+// dropped, so recently rendered events stay without any per-entry upkeep.
+type renderCache struct {
+	mu        sync.Mutex
+	cur, prev map[*storage.Event][]byte
+}
+
+const renderCacheSize = 256
+
+// sharedRenders is process-wide: its keys are event values, which belong
+// to one server's ring, so servers in one process (tests) never collide.
+var sharedRenders renderCache
+
+func (c *renderCache) get(e *storage.Event) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p, ok := c.cur[e]; ok {
+		return p
+	}
+	return c.prev[e]
+}
+
+func (c *renderCache) put(e *storage.Event, prefix []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == nil || len(c.cur) >= renderCacheSize {
+		c.prev, c.cur = c.cur, make(map[*storage.Event][]byte, renderCacheSize)
+	}
+	c.cur[e] = prefix
 }
 
 func (b *syncBuilder) joinedRoom(ctx context.Context, m storage.Membership) error {
@@ -268,13 +365,13 @@ func (b *syncBuilder) joinedRoom(ctx context.Context, m storage.Membership) erro
 	if newlyJoined {
 		lower = 0
 	}
-	tl, limited, err := b.timelineWindow(ctx, m.RoomID, lower, b.to, vis)
+	tl, limited, shared, err := b.timelineWindow(ctx, m.RoomID, lower, b.to, vis)
 	if err != nil {
 		return err
 	}
 	jr := &joinedRoom{
-		State:       stateList{Events: []rooms.ClientEvent{}},
-		Timeline:    timeline{Events: b.render(tl), Limited: limited && (b.since > 0 || newlyJoined)},
+		State:       stateList{Events: []json.RawMessage{}},
+		Timeline:    timeline{Events: b.renderEvents(tl, shared), Limited: limited && (b.since > 0 || newlyJoined)},
 		Ephemeral:   eventList{Events: []any{}},
 		AccountData: eventList{Events: []any{}},
 	}
@@ -467,7 +564,7 @@ func (b *syncBuilder) leftRoom(ctx context.Context, m storage.Membership) error 
 	if b.req.fullState || b.since == 0 {
 		lower = 0
 	}
-	tl, limited, err := b.timelineWindow(ctx, m.RoomID, lower, upper, vis)
+	tl, limited, shared, err := b.timelineWindow(ctx, m.RoomID, lower, upper, vis)
 	if err != nil {
 		return err
 	}
@@ -486,7 +583,7 @@ func (b *syncBuilder) leftRoom(ctx context.Context, m storage.Membership) error 
 	}
 	b.resp.Rooms.Leave[m.RoomID] = &leftRoom{
 		State:       stateList{Events: b.render(b.filterState(state, tl))},
-		Timeline:    timeline{Events: b.render(tl), Limited: limited, PrevBatch: rooms.StreamToken(start)},
+		Timeline:    timeline{Events: b.renderEvents(tl, shared), Limited: limited, PrevBatch: rooms.StreamToken(start)},
 		AccountData: eventList{Events: []any{}},
 	}
 	return nil
@@ -539,8 +636,8 @@ func (b *syncBuilder) globalData(ctx context.Context, sharing map[string]struct{
 			lr.AccountData.Events = append(lr.AccountData.Events, ev)
 		} else if m, err := a.db.MembershipOf(ctx, d.RoomID, s.UserID); err == nil && m.Membership == spec.Join {
 			jr := &joinedRoom{
-				State:       stateList{Events: []rooms.ClientEvent{}},
-				Timeline:    timeline{Events: []rooms.ClientEvent{}, PrevBatch: rooms.StreamToken(b.to)},
+				State:       stateList{Events: []json.RawMessage{}},
+				Timeline:    timeline{Events: []json.RawMessage{}, PrevBatch: rooms.StreamToken(b.to)},
 				Ephemeral:   eventList{Events: []any{}},
 				AccountData: eventList{Events: []any{ev}},
 			}

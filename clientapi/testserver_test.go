@@ -14,10 +14,12 @@ import (
 	"time"
 
 	"github.com/agentspace/agentspace/config"
+	"github.com/agentspace/agentspace/internal/testdb"
 	"github.com/agentspace/agentspace/storage"
 )
 
-// testServer is a real server on 127.0.0.1 with a fresh SQLite file.
+// testServer is a real server on 127.0.0.1 with a fresh database: a SQLite
+// file, or in the PostgreSQL pass (testdb.Postgres) a new PostgreSQL database.
 type testServer struct {
 	*Server
 	URL string
@@ -31,7 +33,10 @@ func newTestServer(t testing.TB, mutate ...func(*config.Config)) *testServer {
 	cfg := config.Default()
 	cfg.BindAddress = "127.0.0.1"
 	cfg.Port = 0
-	cfg.Database.Path = filepath.Join(dir, "agentspace.db")
+	cfg.Database.Path = filepath.Join(dir, "agentspace.db") // also locates signing.key and media
+	if testdb.Postgres() {
+		cfg.Database.URL = testdb.NewPostgres(t)
+	}
 	cfg.BcryptCost = 4
 	cfg.RateLimit.Enabled = false
 	cfg.Registration.Enabled = true

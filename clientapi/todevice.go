@@ -68,7 +68,13 @@ func (a *API) handleSendToDevice(w http.ResponseWriter, r *http.Request) error {
 	// The transaction id is scoped by event type too, as Synapse scopes it
 	// by request path.
 	txnKey, _ := json.Marshal([]string{eventType, txnID})
+	type recipient struct {
+		user, device string
+		content      json.RawMessage
+	}
+	var sent []recipient // for appservices that receive to-device messages
 	err = a.db.Write(ctx, func(tx *storage.Tx) error {
+		sent = sent[:0]
 		fresh, err := tx.ClaimToDeviceTxn(ctx, s.UserID, s.DeviceID, string(txnKey))
 		if err != nil || !fresh {
 			return err // a retry: the messages went out the first time
@@ -107,6 +113,7 @@ func (a *API) handleSendToDevice(w http.ResponseWriter, r *http.Request) error {
 						return err
 					}
 					last, delivered = pos, true
+					sent = append(sent, recipient{userID, target, byDevice[d]})
 				}
 			}
 			if delivered {
@@ -120,6 +127,11 @@ func (a *API) handleSendToDevice(w http.ResponseWriter, r *http.Request) error {
 	})
 	if err != nil {
 		return err
+	}
+	if a.appservices != nil {
+		for _, rc := range sent {
+			a.appservices.PushToDevice(rc.user, rc.device, s.UserID, eventType, rc.content)
+		}
 	}
 	return writeJSON(w, http.StatusOK, empty)
 }

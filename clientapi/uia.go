@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +26,9 @@ import (
 const (
 	stageDummy    = "m.login.dummy"
 	stagePassword = "m.login.password"
+	// stageRegistrationToken is how people register while open
+	// registration is off: with a token an admin created (adminapi).
+	stageRegistrationToken = "m.login.registration_token"
 )
 
 const (
@@ -151,6 +155,7 @@ type uiaAuthDict struct {
 	Identifier *userIdentifier `json:"identifier"`
 	User       string          `json:"user"` // legacy form of identifier
 	Password   string          `json:"password"`
+	Token      string          `json:"token"` // m.login.registration_token
 }
 
 // userIdentifier is the spec's identifier object (only m.id.user is
@@ -218,18 +223,22 @@ func (a *API) userInteractiveAuth(r *http.Request, req uiaRequest) (*uiaSession,
 	if !slices.ContainsFunc(req.flows, func(f []string) bool { return slices.Contains(f, auth.Type) }) {
 		return nil, nil, mautrix.MUnrecognized.WithStatus(http.StatusBadRequest).WithMessage("Unrecognised auth type %q", auth.Type)
 	}
+	var stageErr error
 	switch auth.Type {
 	case stageDummy:
 	case stagePassword:
-		if err := a.checkUIAPassword(r, req.userID, auth); err != nil {
-			var re mautrix.RespError
-			if !errors.As(err, &re) || re.StatusCode >= 500 {
-				return nil, nil, err // an internal error is not the client's fault
-			}
-			ch := challenge(sess, sess.completed)
-			ch.errcode, ch.err = re.ErrCode, re.Err
-			return nil, ch, nil
+		stageErr = a.checkUIAPassword(r, req.userID, auth)
+	case stageRegistrationToken:
+		stageErr = a.reserveRegistrationToken(r, sess, auth.Token)
+	}
+	if stageErr != nil {
+		var re mautrix.RespError
+		if !errors.As(stageErr, &re) || re.StatusCode >= 500 {
+			return nil, nil, stageErr // an internal error is not the client's fault
 		}
+		ch := challenge(sess, sess.completed)
+		ch.errcode, ch.err = re.ErrCode, re.Err
+		return nil, ch, nil
 	}
 	completed := store.complete(sess.id, auth.Type)
 	for _, flow := range req.flows {
@@ -274,4 +283,80 @@ func (a *API) checkUIAPassword(r *http.Request, userID string, auth uiaAuthDict)
 		return mautrix.MForbidden.WithMessage("Invalid password")
 	}
 	return nil
+}
+
+// Registration tokens (https://spec.matrix.org/v1.12/client-server-api/#token-authenticated-registration).
+// Admins create them through the admin API. With open registration on,
+// /register asks for m.login.dummy as before; with it off, and at least one
+// token existing, it asks for m.login.registration_token instead.
+
+// registrationFlowsFor returns the flows /register offers now, or the
+// error refusing registration altogether.
+func (a *API) registrationFlowsFor(ctx context.Context) ([][]string, error) {
+	if a.cfg.Registration.Enabled {
+		return registrationFlows, nil
+	}
+	has, err := a.db.HasRegistrationTokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if has {
+		return [][]string{{stageRegistrationToken, stageDummy}}, nil // Synapse's flow with registration_requires_token
+	}
+	return nil, mautrix.MForbidden.WithMessage("Registration has been disabled")
+}
+
+var errInvalidRegistrationToken = mautrix.RespError{ErrCode: "M_UNAUTHORIZED", StatusCode: http.StatusUnauthorized, Err: "Invalid registration token"}
+
+// reserveRegistrationToken checks an m.login.registration_token stage: the
+// token must exist, not be expired and have a use left; one use is then
+// held for this UIA session until it succeeds (completeRegistrationToken)
+// or expires.
+func (a *API) reserveRegistrationToken(r *http.Request, sess *uiaSession, token string) error {
+	if sess.op != "register" {
+		return mautrix.MForbidden.WithMessage("Registration tokens are for registration only")
+	}
+	if token == "" {
+		return missingParam("Missing registration token")
+	}
+	now := time.Now()
+	ok, err := a.db.ReserveRegistrationToken(r.Context(), sess.id, token, now.UnixMilli(), sess.expires.UnixMilli())
+	if err != nil {
+		return fmt.Errorf("reserving registration token: %w", err)
+	}
+	if !ok {
+		return errInvalidRegistrationToken
+	}
+	return nil
+}
+
+// completeRegistrationToken counts the registration of a UIA session as a
+// completed use of the token it reserved (nothing when it used none).
+func (a *API) completeRegistrationToken(ctx context.Context, sessionID string) {
+	if err := a.db.CompleteRegistrationToken(context.WithoutCancel(ctx), sessionID); err != nil {
+		a.log.ErrorContext(ctx, "recording registration token use failed", "err", err)
+	}
+}
+
+// registerRegistrationTokenRoutes registers the token validity check.
+func (a *API) registerRegistrationTokenRoutes(rt routes) {
+	rt.v1("/register/m.login.registration_token/validity", a.public(a.rateLimited(a.registrationTokenValidity)), http.MethodGet)
+}
+
+// registrationTokenValidity is GET /_matrix/client/v1/register/m.login.registration_token/validity.
+func (a *API) registrationTokenValidity(w http.ResponseWriter, r *http.Request) error {
+	if _, err := a.registrationFlowsFor(r.Context()); err != nil {
+		return err
+	}
+	token := r.URL.Query().Get("token")
+	if token == "" {
+		return missingParam("Missing string query parameter 'token'")
+	}
+	t, err := a.db.RegistrationTokenByName(r.Context(), token, time.Now().UnixMilli())
+	if errors.Is(err, storage.ErrNotFound) {
+		return writeJSON(w, http.StatusOK, map[string]bool{"valid": false})
+	} else if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]bool{"valid": t.Valid(time.Now().UnixMilli())})
 }

@@ -72,11 +72,64 @@ type Config struct {
 	// BcryptCost is the bcrypt work factor for password hashes. Env
 	// BCRYPT_COST, default 12; allowed 4..31.
 	BcryptCost int `yaml:"bcrypt_cost"`
+	// MaxLongPollsPerUser caps the /sync long-polls one user may have
+	// waiting at once; more get 429 M_LIMIT_EXCEEDED. 0 disables the cap.
+	// Env MAX_LONG_POLLS_PER_USER, default 10; must be >= 0.
+	MaxLongPollsPerUser int `yaml:"max_long_polls_per_user"`
 	// TURN configures the TURN servers advertised to VoIP clients.
 	TURN TURNConfig `yaml:"turn"`
 	// AppServiceConfigFiles lists application service registration files.
 	// Env APPSERVICE_REGISTRATIONS (comma-separated paths), default empty.
 	AppServiceConfigFiles []string `yaml:"app_service_config_files"`
+	// AppServiceRetry bounds the exponential backoff between attempts to
+	// deliver a transaction to an appservice that failed.
+	AppServiceRetry RetryConfig `yaml:"app_service_retry"`
+	// Agents configures the built-in agents appservice (OpenClaw agents),
+	// observer rooms and the loop breaker.
+	Agents AgentsConfig `yaml:"agents"`
+	// Bridges forwards room messages to other systems (Slack, Discord, any
+	// HTTP endpoint); see bridges.go. YAML only.
+	Bridges BridgesConfig `yaml:"bridges"`
+	// Hooks call local HTTP endpoints on room events (onMessageReceived,
+	// onRoomCreated, onRoomDeleted); see bridges.go. YAML only.
+	Hooks []HookConfig `yaml:"hooks"`
+}
+
+// AgentsConfig configures the built-in agents appservice, observer rooms
+// and the loop breaker. These keys have no environment variables.
+type AgentsConfig struct {
+	// UserPrefix is the localpart prefix of agent bot users: OpenClaw agent
+	// "alex" becomes @<prefix>alex:<server_name>. The built-in appservice
+	// claims the exclusive namespace @<prefix>.*. Default "agent_".
+	UserPrefix string `yaml:"user_prefix"`
+	// ObserverModerators lists user IDs that get power level 50 (may post,
+	// kick and redact) in every new observer room. Default empty.
+	ObserverModerators []string `yaml:"observer_moderators"`
+	// LoopBreaker limits bot messages in rooms with no human in between.
+	LoopBreaker LoopBreakerConfig `yaml:"loop_breaker"`
+}
+
+// LoopBreakerConfig is the default loop-breaker budget of a room.
+type LoopBreakerConfig struct {
+	// ObserverRooms turns the loop breaker on in new observer rooms. Default true.
+	ObserverRooms bool `yaml:"observer_rooms"`
+	// OtherRooms turns it on in every other room without a setting of its
+	// own. Default false.
+	OtherRooms bool `yaml:"other_rooms"`
+	// MaxConsecutive is how many bot messages in a row, with no human
+	// message in between, a room accepts. 0 = no limit. Default 20.
+	MaxConsecutive int `yaml:"max_consecutive"`
+	// MaxPerMinute is how many bot messages per minute a room accepts.
+	// 0 = no limit. Default 30.
+	MaxPerMinute int `yaml:"max_per_minute"`
+}
+
+// RetryConfig bounds an exponential backoff.
+type RetryConfig struct {
+	// Min is the first delay. Default 1s; must be > 0.
+	Min Duration `yaml:"min"`
+	// Max caps the delay. Default 5m; must be >= min.
+	Max Duration `yaml:"max"`
 }
 
 // DatabaseConfig selects the storage backend: SQLite at Path unless URL is
@@ -208,8 +261,12 @@ func Default() *Config {
 		Media:               MediaConfig{Path: "", MaxUploadBytes: defaultMaxUploadBytes},
 		MaxRequestBodyBytes: defaultMaxRequestBodyBytes,
 		AccessTokenLifetime: Duration{time.Hour},
+		AppServiceRetry:     RetryConfig{Min: Duration{time.Second}, Max: Duration{5 * time.Minute}},
 		BcryptCost:          12,
+		MaxLongPollsPerUser: 10,
 		TURN:                TURNConfig{TTL: Duration{24 * time.Hour}},
+		Agents: AgentsConfig{UserPrefix: "agent_",
+			LoopBreaker: LoopBreakerConfig{ObserverRooms: true, MaxConsecutive: 20, MaxPerMinute: 30}},
 	}
 }
 
@@ -418,6 +475,8 @@ var EnvVars = []EnvVar{
 		apply: func(c *Config, v string) error { return setDuration(&c.AccessTokenLifetime, v) }},
 	{Name: "BCRYPT_COST", Key: "bcrypt_cost", Help: "bcrypt work factor (4..31)",
 		apply: func(c *Config, v string) error { return setInt(&c.BcryptCost, v) }},
+	{Name: "MAX_LONG_POLLS_PER_USER", Key: "max_long_polls_per_user", Help: "concurrent /sync long-polls per user (0 = no cap)",
+		apply: func(c *Config, v string) error { return setInt(&c.MaxLongPollsPerUser, v) }},
 	{Name: "APPSERVICE_REGISTRATIONS", Key: "app_service_config_files", Help: "comma-separated application service registration files",
 		apply: func(c *Config, v string) error { c.AppServiceConfigFiles = splitList(v); return nil }},
 }
@@ -467,8 +526,9 @@ func applyRateLimit(c *Config, v string) error {
 // normalize canonicalises values after loading so that equivalent
 // configurations compare equal.
 func (c *Config) normalize() {
+	c.normalizeBridges()
 	c.LogLevel = strings.ToLower(strings.TrimSpace(c.LogLevel))
-	for _, s := range []*[]string{&c.AdminUsers, &c.TURN.URIs, &c.AppServiceConfigFiles} {
+	for _, s := range []*[]string{&c.AdminUsers, &c.TURN.URIs, &c.AppServiceConfigFiles, &c.Agents.ObserverModerators} {
 		if len(*s) == 0 {
 			*s = nil
 		}
@@ -652,6 +712,9 @@ func (c *Config) problems() []*fieldError {
 	if c.BcryptCost < minBcryptCost || c.BcryptCost > maxBcryptCost {
 		add("bcrypt_cost", "must be between %d and %d, got %d", minBcryptCost, maxBcryptCost, c.BcryptCost)
 	}
+	if c.MaxLongPollsPerUser < 0 {
+		add("max_long_polls_per_user", "must be 0 (no cap) or more, got %d", c.MaxLongPollsPerUser)
+	}
 
 	for i, u := range c.TURN.URIs {
 		scheme, rest, ok := strings.Cut(u, ":")
@@ -668,6 +731,27 @@ func (c *Config) problems() []*fieldError {
 			addItem("app_service_config_files", i, "must not be empty")
 		}
 	}
+	if c.AppServiceRetry.Min.Duration <= 0 {
+		add("app_service_retry.min", "must be greater than 0, got %s", c.AppServiceRetry.Min)
+	}
+	if c.AppServiceRetry.Max.Duration < c.AppServiceRetry.Min.Duration {
+		add("app_service_retry.max", "must be at least app_service_retry.min (%s), got %s", c.AppServiceRetry.Min, c.AppServiceRetry.Max)
+	}
+	if !localpartRE.MatchString(c.Agents.UserPrefix) {
+		add("agents.user_prefix", "%q is not a valid start of a Matrix localpart (allowed characters a-z 0-9 . _ = - / +)", c.Agents.UserPrefix)
+	}
+	for i, u := range c.Agents.ObserverModerators {
+		if local, server, ok := strings.Cut(strings.TrimPrefix(u, "@"), ":"); !strings.HasPrefix(u, "@") || !ok || !localpartRE.MatchString(local) || !validServerName(server) {
+			addItem("agents.observer_moderators", i, "%q is not a Matrix user ID (@localpart:server)", u)
+		}
+	}
+	if c.Agents.LoopBreaker.MaxConsecutive < 0 {
+		add("agents.loop_breaker.max_consecutive", "must be 0 (no limit) or more, got %d", c.Agents.LoopBreaker.MaxConsecutive)
+	}
+	if c.Agents.LoopBreaker.MaxPerMinute < 0 {
+		add("agents.loop_breaker.max_per_minute", "must be 0 (no limit) or more, got %d", c.Agents.LoopBreaker.MaxPerMinute)
+	}
+	ps = append(ps, c.bridgeProblems()...)
 	return ps
 }
 
@@ -828,6 +912,7 @@ func (c *Config) Redacted() Config {
 		r.TURN.Password = redacted
 	}
 	r.Database.URL = redactURL(c.Database.URL)
+	r.Bridges, r.Hooks = c.redactedBridges()
 	return r
 }
 

@@ -126,9 +126,15 @@ func TestDefault(t *testing.T) {
 		{"MaxRequestBodyBytes", c.MaxRequestBodyBytes, int64(1048576)},
 		{"AccessTokenLifetime", c.AccessTokenLifetime.Duration, time.Hour},
 		{"BcryptCost", c.BcryptCost, 12},
+		{"MaxLongPollsPerUser", c.MaxLongPollsPerUser, 10},
 		{"TURN.URIs", len(c.TURN.URIs), 0},
 		{"TURN.TTL", c.TURN.TTL.Duration, 24 * time.Hour},
 		{"AppServiceConfigFiles", len(c.AppServiceConfigFiles), 0},
+		{"Agents.UserPrefix", c.Agents.UserPrefix, "agent_"},
+		{"Agents.LoopBreaker.ObserverRooms", c.Agents.LoopBreaker.ObserverRooms, true},
+		{"Agents.LoopBreaker.OtherRooms", c.Agents.LoopBreaker.OtherRooms, false},
+		{"Agents.LoopBreaker.MaxConsecutive", c.Agents.LoopBreaker.MaxConsecutive, 20},
+		{"Agents.LoopBreaker.MaxPerMinute", c.Agents.LoopBreaker.MaxPerMinute, 30},
 		{"ListenAddr()", c.ListenAddr(), "0.0.0.0:8008"},
 		{"MediaDir()", c.MediaDir(), filepath.Join("data", "media")},
 		{"UsesPostgres()", c.UsesPostgres(), false},
@@ -240,6 +246,7 @@ media:
 max_request_body_bytes: 65536
 access_token_lifetime: 15m
 bcrypt_cost: 4
+max_long_polls_per_user: 3
 turn:
   uris:
     - turn:turn.example.com:3478?transport=udp
@@ -249,6 +256,17 @@ turn:
   ttl: 90s
 app_service_config_files:
   - /etc/agentspace/bridge.yaml
+app_service_retry:
+  min: 250ms
+  max: 1m
+agents:
+  user_prefix: bot.
+  observer_moderators: ["@alice:matrix.example.com:8448"]
+  loop_breaker:
+    observer_rooms: false
+    other_rooms: true
+    max_consecutive: 5
+    max_per_minute: 0
 `
 
 func fullConfig() *Config {
@@ -266,6 +284,7 @@ func fullConfig() *Config {
 		MaxRequestBodyBytes: 65536,
 		AccessTokenLifetime: Duration{15 * time.Minute},
 		BcryptCost:          4,
+		MaxLongPollsPerUser: 3,
 		TURN: TURNConfig{
 			URIs:     []string{"turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"},
 			Username: "turnuser",
@@ -273,6 +292,9 @@ func fullConfig() *Config {
 			TTL:      Duration{90 * time.Second},
 		},
 		AppServiceConfigFiles: []string{"/etc/agentspace/bridge.yaml"},
+		AppServiceRetry:       RetryConfig{Min: Duration{250 * time.Millisecond}, Max: Duration{time.Minute}},
+		Agents: AgentsConfig{UserPrefix: "bot.", ObserverModerators: []string{"@alice:matrix.example.com:8448"},
+			LoopBreaker: LoopBreakerConfig{ObserverRooms: false, OtherRooms: true, MaxConsecutive: 5, MaxPerMinute: 0}},
 	}
 }
 
@@ -421,6 +443,7 @@ func TestEnvOverrides(t *testing.T) {
 		{"MAX_REQUEST_BODY_BYTES", "2097152", func(c *Config) { c.MaxRequestBodyBytes = 2097152 }},
 		{"ACCESS_TOKEN_LIFETIME", "2h30m", func(c *Config) { c.AccessTokenLifetime = Duration{150 * time.Minute} }},
 		{"BCRYPT_COST", "10", func(c *Config) { c.BcryptCost = 10 }},
+		{"MAX_LONG_POLLS_PER_USER", "0", func(c *Config) { c.MaxLongPollsPerUser = 0 }},
 		{"APPSERVICE_REGISTRATIONS", "a.yaml, b.yaml,", func(c *Config) { c.AppServiceConfigFiles = []string{"a.yaml", "b.yaml"} }},
 		{"SOME_UNRELATED_VAR", "whatever", func(c *Config) {}},
 	}
@@ -621,9 +644,15 @@ func TestValidateInvalidValues(t *testing.T) {
 		{"token lifetime", func(c *Config) { c.AccessTokenLifetime = Duration{-time.Second} }, "access_token_lifetime: must be greater than 0, got -1s"},
 		{"bcrypt low", func(c *Config) { c.BcryptCost = 3 }, "bcrypt_cost: must be between 4 and 31, got 3"},
 		{"bcrypt high", func(c *Config) { c.BcryptCost = 32 }, "bcrypt_cost: must be between 4 and 31, got 32"},
+		{"long polls negative", func(c *Config) { c.MaxLongPollsPerUser = -1 }, "max_long_polls_per_user: must be 0 (no cap) or more, got -1"},
 		{"turn uri", func(c *Config) { c.TURN.URIs = []string{"turn:ok", "http://turn"} }, `turn.uris[1]: "http://turn" is not a TURN/STUN URI`},
 		{"turn ttl", func(c *Config) { c.TURN.TTL = Duration{} }, "turn.ttl: must be greater than 0, got 0s"},
 		{"app service file", func(c *Config) { c.AppServiceConfigFiles = []string{" "} }, "app_service_config_files[0]: must not be empty"},
+		{"agent prefix", func(c *Config) { c.Agents.UserPrefix = "Agent " }, `agents.user_prefix: "Agent " is not a valid start`},
+		{"empty agent prefix", func(c *Config) { c.Agents.UserPrefix = "" }, `agents.user_prefix: "" is not a valid start`},
+		{"observer moderator", func(c *Config) { c.Agents.ObserverModerators = []string{"@ok:example.com", "alice"} }, `agents.observer_moderators[1]: "alice" is not a Matrix user ID`},
+		{"loop breaker consecutive", func(c *Config) { c.Agents.LoopBreaker.MaxConsecutive = -1 }, "agents.loop_breaker.max_consecutive: must be 0 (no limit) or more, got -1"},
+		{"loop breaker per minute", func(c *Config) { c.Agents.LoopBreaker.MaxPerMinute = -2 }, "agents.loop_breaker.max_per_minute: must be 0 (no limit) or more, got -2"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -30,12 +30,23 @@ type MembershipRequest struct {
 // user with an unchanged profile is a no-op that returns the existing event:
 // clients (matrix-js-sdk) send the same join several times at once.
 func (s *Service) ChangeMembership(ctx context.Context, roomID string, req MembershipRequest) (*storage.Event, error) {
+	if req.Membership == spec.Join || req.Membership == spec.Invite || req.Membership == spec.Knock {
+		// A room an admin blocked takes nobody in (leaving and bans still work).
+		if err := s.checkNotBlocked(ctx, roomID); err != nil {
+			return nil, err
+		}
+	}
 	r, err := s.lockRoom(ctx, roomID)
 	if err != nil {
 		return nil, err
 	}
 	defer r.mu.Unlock()
 
+	// Acting on someone else (invite, kick, ban, unban) needs the sender in
+	// the room; checked first so a non-member learns nothing of the room.
+	if req.Sender != req.Target && r.membership(req.Sender) != spec.Join {
+		return nil, errNotInRoom
+	}
 	current := r.state[gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomMember, StateKey: req.Target}]
 	curMembership := ""
 	if current != nil {
@@ -87,6 +98,18 @@ func (s *Service) ChangeMembership(ctx context.Context, roomID string, req Membe
 	return evs[0], nil
 }
 
+var errNotInRoom = mautrix.MForbidden.WithMessage("You are not in this room")
+
+// membership is a user's current membership of the room ("" when none).
+func (r *room) membership(userID string) string {
+	ev := r.state[gomatrixserverlib.StateKeyTuple{EventType: spec.MRoomMember, StateKey: userID}]
+	if ev == nil {
+		return ""
+	}
+	m, _ := ev.Membership()
+	return m
+}
+
 func sameProfile(ev gomatrixserverlib.PDU, req MembershipRequest) bool {
 	var c struct {
 		DisplayName *string `json:"displayname"`
@@ -111,6 +134,9 @@ func (s *Service) Redact(ctx context.Context, roomID string, req EventRequest) (
 		if prev, err := s.txnEvent(ctx, roomID, req); err != nil || prev != nil {
 			return prev, err
 		}
+	}
+	if r.membership(req.Sender) != spec.Join {
+		return nil, errNotInRoom
 	}
 	target, err := s.db.EventByID(ctx, req.Redacts)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {

@@ -30,6 +30,23 @@ type Notifier struct {
 	roomPos map[string]storage.StreamPos
 	// receiptPos is the last read receipt (public or private) in a room.
 	receiptPos map[string]storage.StreamPos
+	// any is closed (and replaced) whenever the stream moves at all: it wakes
+	// consumers of the whole stream, such as appservice delivery.
+	any chan struct{}
+
+	// Several instances (cluster.go): pos is then a watermark, the highest
+	// position up to which every change, local or remote, has been applied;
+	// applied holds the ranges applied above it and pending the user wakes
+	// waiting for it to pass them. rec collects the local changes of the
+	// commit in progress, for the change feed.
+	strict  bool
+	applied []posRange
+	pending []pendingWake
+	rec     *Change
+	// memberPos and typingPos: the last position each (room, user)
+	// membership and typing state changed at, so a late remote change
+	// never overrides a newer one.
+	memberPos, typingPos map[[2]string]storage.StreamPos
 }
 
 type userStream struct {
@@ -53,7 +70,21 @@ func NewNotifier(pos storage.StreamPos) *Notifier {
 		roomPos: make(map[string]storage.StreamPos),
 
 		receiptPos: make(map[string]storage.StreamPos),
+		any:        make(chan struct{}),
 	}
+}
+
+// ListenAny returns a channel that is closed once anything commits after
+// position since.
+func (n *Notifier) ListenAny(since storage.StreamPos) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.pos > since {
+		closed := make(chan struct{})
+		close(closed)
+		return closed
+	}
+	return n.any
 }
 
 // Latest is the newest committed stream position.
@@ -91,6 +122,10 @@ func (n *Notifier) wakeLocked(userID string, pos storage.StreamPos, direct bool)
 	if direct && s.direct < pos {
 		s.direct = pos
 	}
+	if n.strict && pos > n.pos {
+		n.pending = append(n.pending, pendingWake{userID, pos}) // woken when the watermark passes pos
+		return
+	}
 	if s.pos >= pos {
 		return
 	}
@@ -115,9 +150,18 @@ type Wake struct {
 func (n *Notifier) Advance(pos storage.StreamPos, w Wake) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if pos > n.pos {
-		n.pos = pos
+	if n.rec != nil {
+		n.rec.recordWake(w)
 	}
+	if pos > n.pos && !n.strict { // strict: markApplied moves the watermark
+		n.pos = pos
+		close(n.any)
+		n.any = make(chan struct{})
+	}
+	n.advanceLocked(pos, w)
+}
+
+func (n *Notifier) advanceLocked(pos storage.StreamPos, w Wake) {
 	for _, u := range w.Users {
 		n.wakeLocked(u, pos, true)
 	}
@@ -149,6 +193,18 @@ func (n *Notifier) Advance(pos storage.StreamPos, w Wake) {
 func (n *Notifier) SetMembership(roomID, userID string, joined bool, pos storage.StreamPos) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.rec != nil {
+		n.rec.Members = append(n.rec.Members, MemberChange{Room: roomID, User: userID, Joined: joined, Pos: pos})
+	}
+	n.setMembershipLocked(roomID, userID, joined, pos)
+}
+
+func (n *Notifier) setMembershipLocked(roomID, userID string, joined bool, pos storage.StreamPos) {
+	if n.memberPos != nil {
+		if key := [2]string{roomID, userID}; n.memberPos[key] < pos {
+			n.memberPos[key] = pos
+		}
+	}
 	s := n.stream(userID)
 	if s.membership < pos {
 		s.membership = pos
@@ -160,6 +216,9 @@ func (n *Notifier) SetMembership(roomID, userID string, joined bool, pos storage
 func (n *Notifier) SetJoined(roomID, userID string, joined bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.rec != nil {
+		n.rec.Members = append(n.rec.Members, MemberChange{Room: roomID, User: userID, Joined: joined})
+	}
 	n.setJoinedLocked(roomID, userID, joined, n.start)
 }
 

@@ -91,6 +91,13 @@ type sendResult struct {
 // sendBatchLocked builds each queued request against the state left by the
 // previous ones (a refused request does not affect the others), commits the
 // built events in one transaction and delivers every result.
+//
+// Transaction ids are checked optimistically: a txnId is almost always new,
+// so instead of a query per request the commit inserts each txnId only if
+// the device has not used it yet. If one was used (a client retrying a send
+// that already succeeded), nothing of the batch is committed and the batch
+// is built again with every txnId looked up first, which answers the retry
+// with the original event.
 func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pendingSend) {
 	results := make([]sendResult, len(batch))
 	deliver := func() {
@@ -108,37 +115,52 @@ func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pending
 			return
 		}
 	}
-	overlay := make(map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU)
-	prevID, depth := r.latestID, r.depth
+	for attempt := 0; ; attempt++ {
+		err := s.buildAndCommitLocked(ctx, r, batch, results, false)
+		if errors.Is(err, errTxnUsed) {
+			clear(results)
+			err = s.buildAndCommitLocked(ctx, r, batch, results, true)
+		}
+		if !errors.Is(err, errRoomMoved) || attempt == maxRoomMovedRetries {
+			break
+		}
+		// Another instance wrote to the room (cluster.go): rebuild on its head.
+		clear(results)
+		if err := s.loadRoom(ctx, r); err != nil {
+			for i := range results {
+				results[i].err = err
+			}
+			break
+		}
+	}
+	deliver()
+}
+
+// errTxnUsed aborts a commit that found a txnId the device already used.
+var errTxnUsed = errors.New("transaction id already used")
+
+// buildAndCommitLocked builds and commits a batch, filling results. With
+// lookupTxns each txnId is looked up before building; otherwise a used one
+// makes it return errTxnUsed with nothing committed (results then undefined).
+func (s *Service) buildAndCommitLocked(ctx context.Context, r *room, batch []*pendingSend, results []sendResult, lookupTxns bool) error {
 	var built []*builtEvent
 	var builtIdx []int
-	firstOfTxn := map[[3]string]int{}
-	dupOf := make(map[int]int)
-	for i, p := range batch {
-		req := p.req
-		if req.TxnID != "" {
-			key := [3]string{req.Sender, req.DeviceID, req.txnKey(r.id)}
-			if j, ok := firstOfTxn[key]; ok {
-				dupOf[i] = j // the same txnId twice in one batch: one event
-				continue
-			}
-			firstOfTxn[key] = i
-			if prev, err := s.txnEvent(ctx, r.id, req); err != nil || prev != nil {
-				results[i] = sendResult{prev, err}
-				continue
-			}
-		}
-		be, err := s.buildLocked(r, req, overlay, prevID, depth+1)
-		if err != nil {
-			results[i].err = err
-			continue
-		}
-		built = append(built, be)
-		builtIdx = append(builtIdx, i)
-		prevID, depth = be.pdu.EventID(), depth+1
+	var dupOf map[int]int
+	// build builds the batch on the cached state; a commit that finds the
+	// room moved on another instance (cluster.go) reloads it and calls
+	// build again, holding the room's lock.
+	build := func() ([]*builtEvent, error) {
+		clear(results)
+		built, builtIdx, dupOf = nil, nil, make(map[int]int)
+		s.buildBatchLocked(ctx, r, batch, results, lookupTxns, &built, &builtIdx, dupOf)
+		return built, nil
 	}
+	build()
 	if len(built) > 0 {
-		rows, err := s.commitLocked(ctx, r, built, nil)
+		rows, err := s.commitRebuilding(ctx, r, built, nil, build)
+		if (errors.Is(err, errTxnUsed) && !lookupTxns) || errors.Is(err, errRoomMoved) {
+			return err
+		}
 		for k, i := range builtIdx {
 			if err != nil {
 				results[i].err = err
@@ -150,14 +172,58 @@ func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pending
 	for i, j := range dupOf {
 		results[i] = results[j]
 	}
-	deliver()
+	return nil
+}
+
+// buildBatchLocked is the build step of buildAndCommitLocked.
+func (s *Service) buildBatchLocked(ctx context.Context, r *room, batch []*pendingSend, results []sendResult, lookupTxns bool, builtOut *[]*builtEvent, builtIdxOut *[]int, dupOf map[int]int) {
+	overlay := make(map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU)
+	prevID, depth := r.latestID, r.depth
+	var built []*builtEvent
+	var builtIdx []int
+	firstOfTxn := map[[3]string]int{}
+	defer func() { *builtOut, *builtIdxOut = built, builtIdx }()
+	for i, p := range batch {
+		req := p.req
+		if req.TxnID != "" {
+			key := [3]string{req.Sender, req.DeviceID, req.txnKey(r.id)}
+			if j, ok := firstOfTxn[key]; ok {
+				dupOf[i] = j // the same txnId twice in one batch: one event
+				continue
+			}
+			firstOfTxn[key] = i
+			if lookupTxns {
+				if prev, err := s.txnEvent(ctx, r.id, req); err != nil || prev != nil {
+					results[i] = sendResult{prev, err}
+					continue
+				}
+			}
+		}
+		be, err := s.buildLocked(r, req, overlay, prevID, depth+1)
+		if err != nil {
+			results[i].err = err
+			if req.TxnID != "" && !lookupTxns {
+				// A retry of a send that succeeded earlier answers with
+				// that event even if the send would be refused now.
+				if prev, lerr := s.txnEvent(ctx, r.id, req); lerr != nil || prev != nil {
+					results[i] = sendResult{prev, lerr}
+				}
+			}
+			continue
+		}
+		built = append(built, be)
+		builtIdx = append(builtIdx, i)
+		prevID, depth = be.pdu.EventID(), depth+1
+	}
 }
 
 // txnKey scopes a transaction id the way Synapse does (by request path):
 // the same txnId sent to another room, or as another event type or endpoint,
 // is a different request.
+// The parts are joined with U+001F (unit separator): PostgreSQL text cannot
+// hold NUL, and room ids and event types never contain control characters.
 func (req EventRequest) txnKey(roomID string) string {
-	return roomID + "\x00" + req.Type + "\x00" + req.TxnID
+	return roomID + "\x1f" + req.Type + "\x1f" + req.TxnID
 }
 
 func (s *Service) txnEvent(ctx context.Context, roomID string, req EventRequest) (*storage.Event, error) {
@@ -213,7 +279,13 @@ func (s *Service) buildLocked(r *room, req EventRequest, overlay map[gomatrixser
 	if err := eb.AddAuthEvents(provider); err != nil {
 		return nil, mautrix.MBadJSON.WithMessage("Invalid event: %v", err)
 	}
-	pdu, err := eb.Build(time.Now(), s.serverName, s.key.ID, s.key.PrivateKey)
+	var pdu gomatrixserverlib.PDU
+	var err error
+	if fastBuildable(r.version, req) {
+		pdu, err = buildFast(eb, r.version, time.Now(), s.serverName, s.key)
+	} else {
+		pdu, err = eb.Build(time.Now(), s.serverName, s.key.ID, s.key.PrivateKey)
+	}
 	if err != nil {
 		var tooLarge gomatrixserverlib.EventValidationError
 		if errors.As(err, &tooLarge) && tooLarge.Code == gomatrixserverlib.EventValidationTooLarge {
@@ -249,6 +321,19 @@ func (s *Service) buildLocked(r *room, req EventRequest, overlay map[gomatrixser
 // sendLocked builds a batch of events in order and commits them in one
 // transaction. extra runs inside that transaction (e.g. to insert the room row).
 func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, extra func(tx *storage.Tx) error) ([]*storage.Event, error) {
+	for attempt := 0; ; attempt++ {
+		evs, err := s.sendLockedOnce(ctx, r, reqs, extra)
+		if !errors.Is(err, errRoomMoved) || attempt == maxRoomMovedRetries {
+			return evs, err
+		}
+		// Another instance wrote to the room (cluster.go): rebuild on its head.
+		if err := s.loadRoom(ctx, r); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *Service) sendLockedOnce(ctx context.Context, r *room, reqs []EventRequest, extra func(tx *storage.Tx) error) ([]*storage.Event, error) {
 	overlay := make(map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU)
 	prevID, depth := r.latestID, r.depth
 	built := make([]*builtEvent, 0, len(reqs))
@@ -270,8 +355,29 @@ func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, 
 // commitLocked persists built events in one transaction; after the commit
 // the room cache, the recent-events ring and the notifier move forward.
 func (s *Service) commitLocked(ctx context.Context, r *room, built []*builtEvent, extra func(tx *storage.Tx) error) ([]*storage.Event, error) {
-	rows := make([]*storage.Event, len(built))
+	return s.commitRebuilding(ctx, r, built, extra, nil)
+}
+
+// commitRebuilding is commitLocked where, with several instances, a room
+// found moved on by another instance is reloaded and rebuilt with rebuild
+// (when not nil) inside the transaction, under the room's lock, so a busy
+// room cannot starve this instance's writes.
+func (s *Service) commitRebuilding(ctx context.Context, r *room, built []*builtEvent, extra func(tx *storage.Tx) error, rebuild func() ([]*builtEvent, error)) ([]*storage.Event, error) {
+	var rows []*storage.Event
+	clustered := s.notifier.clustered()
 	err := s.db.Write(ctx, func(tx *storage.Tx) error {
+		if clustered { // several instances: lock the room, check its head (cluster.go)
+			err := s.checkRoomHead(ctx, tx, r)
+			if errors.Is(err, errRoomMoved) && rebuild != nil {
+				if err = s.loadRoom(ctx, r); err == nil {
+					built, err = rebuild()
+				}
+			}
+			if err != nil {
+				return err
+			}
+		}
+		rows = make([]*storage.Event, len(built))
 		if extra != nil {
 			if err := extra(tx); err != nil {
 				return err
@@ -295,8 +401,11 @@ func (s *Service) commitLocked(ctx context.Context, r *room, built []*builtEvent
 				}
 			}
 			if be.req.TxnID != "" {
-				if err := tx.InsertTxn(ctx, be.req.Sender, be.req.DeviceID, be.req.txnKey(r.id), row.EventID); err != nil {
+				isNew, err := tx.InsertTxnIfNew(ctx, be.req.Sender, be.req.DeviceID, be.req.txnKey(r.id), row.EventID)
+				if err != nil {
 					return err
+				} else if !isNew {
+					return errTxnUsed
 				}
 			}
 			rows[i] = row
@@ -304,7 +413,9 @@ func (s *Service) commitLocked(ctx context.Context, r *room, built []*builtEvent
 		tx.OnCommit(func() { s.applyCommitted(r, built, rows) })
 		return nil
 	})
-	if err != nil {
+	if errors.Is(err, errTxnUsed) {
+		return nil, err // rolled back before anything reached the cache
+	} else if err != nil {
 		// The cache may hold nothing of this batch, but be safe: reload next time.
 		r.loaded = false
 		return nil, err
@@ -313,8 +424,14 @@ func (s *Service) commitLocked(ctx context.Context, r *room, built []*builtEvent
 }
 
 // applyCommitted moves the cached room state and the notifier forward.
-// It runs in commit order under the storage write lock.
+// It runs in commit order under the storage write lock. The notifier moves
+// once, to the batch's last position: a /sync woken by the batch then sees
+// all of it rather than only its first event.
 func (s *Service) applyCommitted(r *room, built []*builtEvent, rows []*storage.Event) {
+	if len(built) == 0 {
+		return
+	}
+	wake := Wake{Rooms: []string{r.id}}
 	for i, be := range built {
 		pdu := be.pdu
 		if sk := pdu.StateKey(); sk != nil {
@@ -323,15 +440,14 @@ func (s *Service) applyCommitted(r *room, built []*builtEvent, rows []*storage.E
 		r.latestID = pdu.EventID()
 		r.depth = pdu.Depth()
 		r.recent.append(rows[i])
-		wake := Wake{Rooms: []string{r.id}}
 		if pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil {
 			target := *pdu.StateKey()
 			m, _ := pdu.Membership()
 			s.notifier.SetMembership(r.id, target, m == spec.Join, rows[i].Pos)
-			wake.Users = []string{target}
+			wake.Users = append(wake.Users, target)
 		}
-		s.notifier.Advance(rows[i].Pos, wake)
 	}
+	s.notifier.Advance(rows[len(rows)-1].Pos, wake)
 }
 
 // toRow turns a built PDU into a storage row.

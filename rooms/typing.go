@@ -69,7 +69,7 @@ func (t *Typing) Set(ctx context.Context, roomID, userID string, typing bool, ti
 			}
 			rt.pos = pos
 			t.mu.Unlock()
-			t.notifier.Advance(pos, Wake{Rooms: []string{roomID}})
+			t.notifier.advanceTyping(pos, TypingChange{Room: roomID, User: userID, On: typing, TimeoutMS: timeout.Milliseconds(), Pos: pos})
 		})
 		return nil
 	})

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,10 +55,19 @@ type DB struct {
 	write   *sql.DB
 
 	writeMu sync.Mutex
+	// writeStmts (guarded by writeMu) caches what the write side knows
+	// about each query text: its rebound form, whether it touches auth,
+	// and on SQLite its prepared statement. Statements are prepared
+	// between transactions (see prepareWrites): preparing on the
+	// one-connection write pool while a transaction holds it would deadlock.
+	writeStmts map[string]*writeStmt
+	toPrepare  []*writeStmt
 
 	// authGen counts committed changes to tokens, devices or users, so
 	// caches of authenticated sessions know when to drop everything.
 	authGen atomic.Uint64
+	// observer, when set, is told of every commit (see SetCommitObserver).
+	observer atomic.Pointer[func(Commit)]
 
 	// Prepared read statements keyed by SQL text. SQLite spends as long
 	// parsing a small query as running it, so reuse matters.
@@ -104,6 +112,13 @@ func (c *stmtCache) close() {
 		st.Close()
 	}
 	c.stmts = nil
+}
+
+// writeStmt is one query text as the write side runs it.
+type writeStmt struct {
+	query string    // rebound for the dialect
+	auth  bool      // touchesAuth(query)
+	stmt  *sql.Stmt // prepared on the write pool (SQLite only); nil until then
 }
 
 // Options says which database to open.
@@ -227,6 +242,14 @@ func (db *DB) Dialect() Dialect { return db.dialect }
 // Close closes the database.
 func (db *DB) Close() error {
 	db.readStmts.close()
+	db.writeMu.Lock()
+	for _, ws := range db.writeStmts {
+		if ws.stmt != nil {
+			ws.stmt.Close()
+		}
+	}
+	db.writeStmts, db.toPrepare = nil, nil
+	db.writeMu.Unlock()
 	err := db.write.Close()
 	if db.read != db.write {
 		if err2 := db.read.Close(); err == nil {
@@ -236,15 +259,19 @@ func (db *DB) Close() error {
 	return err
 }
 
-var dollarParam = regexp.MustCompile(`\$(\d+)`)
-
 // rebind turns $N placeholders into SQLite's ?N (which, unlike $N, SQLite
 // binds by number rather than by order of first appearance).
 func (db *DB) rebind(query string) string {
-	if db.dialect == SQLite {
-		return dollarParam.ReplaceAllString(query, "?$1")
+	if db.dialect != SQLite || !strings.Contains(query, "$") {
+		return query
 	}
-	return query
+	b := []byte(query)
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] == '$' && b[i+1] >= '0' && b[i+1] <= '9' {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }
 
 // Querier is what both the read pool and a write transaction offer.
@@ -256,11 +283,17 @@ type Querier interface {
 
 // Tx is a write transaction. Its methods take $N SQL.
 type Tx struct {
-	db          *DB
-	tx          *sql.Tx
-	lastPos     StreamPos
+	db *DB
+	tx *sql.Tx
+	// lastPos is the last position NextPos handed out; storedPos is the
+	// value the stream_position row holds in this transaction.
+	lastPos, storedPos StreamPos
+	// firstPos is the first position NextPos handed out (0: none).
+	firstPos    StreamPos
 	onCommit    []func()
 	authChanged bool
+	// stmts are this transaction's handles on prepared write statements.
+	stmts map[*writeStmt]*sql.Stmt
 }
 
 // AuthGeneration changes after every committed transaction that revoked or
@@ -279,37 +312,117 @@ func touchesAuth(query string) bool {
 		strings.Contains(q, "UPDATE users") || strings.Contains(q, "FROM devices") || strings.Contains(q, "FROM users")
 }
 
-// Exec runs a statement in the transaction. Write statements are not
-// cached: preparing one on the single-connection write pool while this
-// transaction holds that connection would deadlock.
+// statement returns what the write side knows about query and, when it
+// has been prepared, this transaction's handle on the prepared statement.
+// A query seen for the first time runs unprepared and is prepared before
+// the next transaction begins.
+func (tx *Tx) statement(ctx context.Context, query string) (*writeStmt, *sql.Stmt) {
+	db := tx.db
+	ws := db.writeStmts[query]
+	if ws == nil {
+		ws = &writeStmt{query: db.rebind(query), auth: touchesAuth(query)}
+		if len(db.writeStmts) < maxCachedStatements {
+			if db.writeStmts == nil {
+				db.writeStmts = make(map[string]*writeStmt)
+			}
+			db.writeStmts[query] = ws
+			if db.dialect == SQLite {
+				db.toPrepare = append(db.toPrepare, ws)
+			}
+		}
+		return ws, nil
+	}
+	if ws.stmt == nil {
+		return ws, nil
+	}
+	st := tx.stmts[ws]
+	if st == nil {
+		st = tx.tx.StmtContext(ctx, ws.stmt)
+		if tx.stmts == nil {
+			tx.stmts = make(map[*writeStmt]*sql.Stmt, 8)
+		}
+		tx.stmts[ws] = st
+	}
+	return ws, st
+}
+
+// prepareWrites prepares the write statements first seen since the last
+// transaction. It runs under writeMu with no transaction open, so the write
+// pool's one connection is free. A statement that fails to prepare simply
+// keeps running unprepared.
+func (db *DB) prepareWrites(ctx context.Context) {
+	for _, ws := range db.toPrepare {
+		if st, err := db.write.PrepareContext(ctx, ws.query); err == nil {
+			ws.stmt = st
+		}
+	}
+	db.toPrepare = db.toPrepare[:0]
+}
+
+// Exec runs a statement in the transaction.
 func (tx *Tx) Exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if touchesAuth(query) {
+	ws, st := tx.statement(ctx, query)
+	if ws.auth {
 		tx.authChanged = true
 	}
-	res, err := tx.tx.ExecContext(ctx, tx.db.rebind(query), args...)
+	var res sql.Result
+	var err error
+	if st != nil {
+		res, err = st.ExecContext(ctx, args...)
+	} else {
+		res, err = tx.tx.ExecContext(ctx, ws.query, args...)
+	}
 	return res, mapError(err)
 }
 
 // Query runs a query in the transaction.
 func (tx *Tx) Query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	return tx.tx.QueryContext(ctx, tx.db.rebind(query), args...)
+	ws, st := tx.statement(ctx, query)
+	if st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return tx.tx.QueryContext(ctx, ws.query, args...)
 }
 
 // QueryRow runs a single-row query in the transaction.
 func (tx *Tx) QueryRow(ctx context.Context, query string, args ...any) *sql.Row {
-	return tx.tx.QueryRowContext(ctx, tx.db.rebind(query), args...)
+	ws, st := tx.statement(ctx, query)
+	if st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return tx.tx.QueryRowContext(ctx, ws.query, args...)
 }
 
-// NextPos allocates the next stream position. The row lock it takes is held
-// until commit, so on PostgreSQL too positions commit in the order allocated.
+// NextPos allocates the next stream position. The first call of a
+// transaction moves the stream_position row (whose lock, held until commit,
+// keeps positions committing in the order allocated on PostgreSQL too);
+// later calls count on in memory, and the row is brought up to date once,
+// just before the commit.
 func (tx *Tx) NextPos(ctx context.Context) (StreamPos, error) {
+	if tx.lastPos > 0 {
+		tx.lastPos++
+		return tx.lastPos, nil
+	}
 	var pos StreamPos
 	err := tx.QueryRow(ctx, `UPDATE stream_position SET pos = pos + 1 WHERE id = 1 RETURNING pos`).Scan(&pos)
 	if err != nil {
 		return 0, fmt.Errorf("allocating stream position: %w", err)
 	}
-	tx.lastPos = pos
+	tx.lastPos, tx.storedPos, tx.firstPos = pos, pos, pos
 	return pos, nil
+}
+
+// storePos writes the last allocated position to the stream_position row
+// if NextPos counted past what the row holds.
+func (tx *Tx) storePos(ctx context.Context) error {
+	if tx.lastPos <= tx.storedPos {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE stream_position SET pos = $1 WHERE id = 1`, tx.lastPos); err != nil {
+		return fmt.Errorf("storing stream position: %w", err)
+	}
+	tx.storedPos = tx.lastPos
+	return nil
 }
 
 // OnCommit registers fn to run after a successful commit, still under the
@@ -321,12 +434,19 @@ func (tx *Tx) OnCommit(fn func()) { tx.onCommit = append(tx.onCommit, fn) }
 func (db *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	db.writeMu.Lock()
 	defer db.writeMu.Unlock()
+	if len(db.toPrepare) > 0 {
+		db.prepareWrites(ctx)
+	}
 	sqlTx, err := db.write.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("beginning transaction: %w", mapError(err))
 	}
 	tx := &Tx{db: db, tx: sqlTx}
-	if err := fn(tx); err != nil {
+	err = fn(tx)
+	if err == nil {
+		err = tx.storePos(ctx)
+	}
+	if err != nil {
 		_ = sqlTx.Rollback()
 		return err
 	}
@@ -342,11 +462,26 @@ func (db *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	for _, f := range tx.onCommit {
 		f()
 	}
+	if obs := db.observer.Load(); obs != nil {
+		(*obs)(Commit{First: tx.firstPos, Last: tx.lastPos, AuthChanged: tx.authChanged})
+	}
 	return nil
+}
+
+// readContext is the context a read runs with. On SQLite a query that has
+// started runs to its end: the driver would otherwise start a goroutine per
+// row (and per statement) just to watch for cancellation, which costs more
+// than the short reads here take. A request already cancelled still fails.
+func (db *DB) readContext(ctx context.Context) context.Context {
+	if db.dialect == SQLite && ctx.Err() == nil {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
 }
 
 // Query runs a read query on the read pool.
 func (db *DB) Query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	ctx = db.readContext(ctx)
 	query = db.rebind(query)
 	if st, err := db.readStmts.get(ctx, db.read, query); err == nil && st != nil {
 		return st.QueryContext(ctx, args...)
@@ -356,6 +491,7 @@ func (db *DB) Query(ctx context.Context, query string, args ...any) (*sql.Rows, 
 
 // QueryRow runs a single-row read query on the read pool.
 func (db *DB) QueryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	ctx = db.readContext(ctx)
 	query = db.rebind(query)
 	if st, err := db.readStmts.get(ctx, db.read, query); err == nil && st != nil {
 		return st.QueryRowContext(ctx, args...)

