@@ -42,6 +42,8 @@ type API struct {
 	// keyCountCache and unread keep idle /sync long-polls off the database.
 	keyCountCache *keyCountCache
 	unread        *unreadCache
+	// syncFilters caches parsed /sync filters (filtercache.go).
+	syncFilters *syncFilterCache
 	// sessions caches authenticated tokens (see sessionCache).
 	sessions *sessionCache
 	// admin serves Synapse's admin API (package adminapi).
@@ -76,6 +78,7 @@ func NewAPI(cfg *config.Config, db *storage.DB, rs *rooms.Service, log *slog.Log
 
 		keyCountCache: newKeyCountCache(),
 		unread:        newUnreadCache(),
+		syncFilters:   newSyncFilterCache(),
 		sessions:      newSessionCache(),
 		longPolls:     newLongPollLimiter(cfg.MaxLongPollsPerUser),
 	}

@@ -94,23 +94,18 @@ func (a *API) handleSync(w http.ResponseWriter, r *http.Request) error {
 func (a *API) parseSyncRequest(r *http.Request) (*syncRequest, error) {
 	q := r.URL.Query()
 	s := sessionFrom(r.Context())
-	req := &syncRequest{session: s, filter: mautrix.DefaultFilter()}
+	req := &syncRequest{session: s, filter: a.syncFilters.def}
 	if f := q.Get("filter"); f != "" {
-		raw := json.RawMessage(f)
-		if !strings.HasPrefix(strings.TrimSpace(f), "{") {
-			stored, err := a.db.FilterByID(r.Context(), s.UserID, f)
-			if errors.Is(err, storage.ErrNotFound) {
-				return nil, mautrix.MNotFound.WithMessage("No such filter")
-			} else if err != nil {
+		if cached, ok := a.syncFilters.get(s.UserID, f); ok {
+			req.filter = *cached
+		} else {
+			filter, err := a.loadSyncFilter(r.Context(), s.UserID, f)
+			if err != nil {
 				return nil, err
 			}
-			raw = stored
+			req.filter = filter
+			a.syncFilters.put(s.UserID, f, &filter)
 		}
-		var filter mautrix.Filter
-		if err := json.Unmarshal(raw, &filter); err != nil {
-			return nil, mautrix.MBadJSON.WithMessage("Invalid filter: %v", err)
-		}
-		req.filter = mergeFilterDefaults(filter)
 	}
 	if since := q.Get("since"); since != "" {
 		tok, err := parseSyncToken(since)
@@ -130,6 +125,26 @@ func (a *API) parseSyncRequest(r *http.Request) (*syncRequest, error) {
 		req.timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
 	}
 	return req, nil
+}
+
+// loadSyncFilter parses /sync's filter parameter: inline JSON or the id of
+// a stored filter.
+func (a *API) loadSyncFilter(ctx context.Context, userID, param string) (mautrix.Filter, error) {
+	raw := json.RawMessage(param)
+	if !strings.HasPrefix(strings.TrimSpace(param), "{") {
+		stored, err := a.db.FilterByID(ctx, userID, param)
+		if errors.Is(err, storage.ErrNotFound) {
+			return mautrix.Filter{}, mautrix.MNotFound.WithMessage("No such filter")
+		} else if err != nil {
+			return mautrix.Filter{}, err
+		}
+		raw = stored
+	}
+	var filter mautrix.Filter
+	if err := json.Unmarshal(raw, &filter); err != nil {
+		return mautrix.Filter{}, mautrix.MBadJSON.WithMessage("Invalid filter: %v", err)
+	}
+	return mergeFilterDefaults(filter), nil
 }
 
 // mergeFilterDefaults fills the parts a client's filter leaves out.
