@@ -317,7 +317,7 @@ func (a *API) roomMessages(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !hasFrom && backwards {
-		from = a.rooms.Notifier().Latest()
+		from = a.rooms.Notifier().Committed()
 	}
 	start := rooms.StreamToken(from)
 	if hasFrom {
@@ -594,7 +594,7 @@ func (a *API) relations(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !hasFrom {
 		if backwards {
-			from = a.rooms.Notifier().Latest()
+			from = a.rooms.Notifier().Committed()
 		} else {
 			from = 0
 		}

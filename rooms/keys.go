@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -30,10 +32,15 @@ func LoadOrCreateSigningKey(path string) (*SigningKey, error) {
 		version := base64.RawURLEncoding.EncodeToString(seed[:3])
 		version = strings.NewReplacer("-", "a", "_", "b").Replace(version)
 		line := fmt.Sprintf("ed25519 %s %s\n", version, base64.RawStdEncoding.EncodeToString(seed))
-		if err := os.WriteFile(path, []byte(line), 0o600); err != nil {
+		// Several instances may start at once on one shared data directory:
+		// the file appears complete or not at all, the first writer wins,
+		// and everyone uses what is on disk.
+		if err := createExclusive(path, []byte(line)); err != nil {
 			return nil, fmt.Errorf("writing signing key %s: %w", path, err)
 		}
-		data = []byte(line)
+		if data, err = os.ReadFile(path); err != nil {
+			return nil, fmt.Errorf("reading signing key %s: %w", path, err)
+		}
 	} else if err != nil {
 		return nil, fmt.Errorf("reading signing key %s: %w", path, err)
 	}
@@ -49,4 +56,30 @@ func LoadOrCreateSigningKey(path string) (*SigningKey, error) {
 		ID:         gomatrixserverlib.KeyID("ed25519:" + fields[1]),
 		PrivateKey: ed25519.NewKeyFromSeed(seed),
 	}, nil
+}
+
+// createExclusive writes data to a temporary file next to path and links it
+// to path, so path appears with its whole content; if path exists already
+// (another process won), it is left alone and nil is returned.
+func createExclusive(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".signing.key-*") // mode 0600
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
 }

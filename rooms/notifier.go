@@ -87,6 +87,22 @@ func (n *Notifier) ListenAny(since storage.StreamPos) <-chan struct{} {
 	return n.any
 }
 
+// Committed is the newest position known to be committed, by this
+// instance or (several instances) by another one; it is at least Latest.
+// Reads that go to the database rather than to in-memory state (/messages
+// without a from token) may go up to it, so an event is readable on the
+// instance that stored it the moment its send returns, even while an
+// earlier change of another instance is still on its way here.
+func (n *Notifier) Committed() storage.StreamPos {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	top := n.pos
+	for _, r := range n.applied {
+		top = max(top, r.last)
+	}
+	return top
+}
+
 // Latest is the newest committed stream position.
 func (n *Notifier) Latest() storage.StreamPos {
 	n.mu.Lock()

@@ -320,9 +320,17 @@ func (s *Service) buildLocked(r *room, req EventRequest, overlay map[gomatrixser
 
 // sendLocked builds a batch of events in order and commits them in one
 // transaction. extra runs inside that transaction (e.g. to insert the room row).
+// With several instances, a room found moved on by another instance is
+// reloaded and the batch rebuilt under the room's lock (commitRebuilding),
+// so writes of another instance cannot starve it.
 func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, extra func(tx *storage.Tx) error) ([]*storage.Event, error) {
+	build := func() ([]*builtEvent, error) { return s.buildAllLocked(r, reqs) }
 	for attempt := 0; ; attempt++ {
-		evs, err := s.sendLockedOnce(ctx, r, reqs, extra)
+		built, err := build()
+		if err != nil {
+			return nil, err
+		}
+		evs, err := s.commitRebuilding(ctx, r, built, extra, build)
 		if !errors.Is(err, errRoomMoved) || attempt == maxRoomMovedRetries {
 			return evs, err
 		}
@@ -333,7 +341,8 @@ func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, 
 	}
 }
 
-func (s *Service) sendLockedOnce(ctx context.Context, r *room, reqs []EventRequest, extra func(tx *storage.Tx) error) ([]*storage.Event, error) {
+// buildAllLocked builds reqs in order on the room's cached head.
+func (s *Service) buildAllLocked(r *room, reqs []EventRequest) ([]*builtEvent, error) {
 	overlay := make(map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU)
 	prevID, depth := r.latestID, r.depth
 	built := make([]*builtEvent, 0, len(reqs))
@@ -349,7 +358,7 @@ func (s *Service) sendLockedOnce(ctx context.Context, r *room, reqs []EventReque
 		built = append(built, be)
 		prevID, depth = be.pdu.EventID(), depth+1
 	}
-	return s.commitLocked(ctx, r, built, extra)
+	return built, nil
 }
 
 // commitLocked persists built events in one transaction; after the commit

@@ -11,6 +11,7 @@
 #   scripts/fuzz-nightly.sh                      # everything, 60 s per target and engine
 #   FUZZTIME=10m scripts/fuzz-nightly.sh         # longer
 #   FUZZ_ONLY='FuzzEventContent|FuzzLoad' FUZZ_ENGINES=sqlite scripts/fuzz-nightly.sh
+#   FUZZ_ONLY='^FuzzParse$' scripts/fuzz-nightly.sh   # appservice registration files only
 #
 # Other settings: FUZZ_PARALLEL (fuzz workers per target, default: all
 # cores), FUZZ_SUMMARY (also write the summary table to this file).

@@ -80,6 +80,7 @@ type benchOptions struct {
 	timeline     int
 	jsonPath     string
 	postgres     string
+	instances    int
 	timeout      time.Duration
 }
 
@@ -97,6 +98,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchOptions, error) {
 	fs.IntVar(&o.timeline, "timeline-limit", 50, "timeline limit in the observers' /sync filter (smaller values force limited timelines and back-fill)")
 	fs.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&o.postgres, "postgres", "", "postgres:// URL for the child server (default: SQLite in a temp dir)")
+	fs.IntVar(&o.instances, "instances", 1, "child server processes on the --postgres database; senders and observers are split between them")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "abort the whole run after this long")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: agentspace bench [flags]\n\nMeasures send throughput, sync fan-out latency, initial sync, pagination,\nserver CPU per message and server memory over HTTP.\n\n")
@@ -127,6 +129,11 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchOptions, error) {
 	}
 	if o.url != "" && o.postgres != "" {
 		problems = append(problems, "--postgres only applies to the child server; it cannot be combined with --url")
+	}
+	if o.instances < 1 {
+		problems = append(problems, "--instances must be at least 1")
+	} else if o.instances > 1 && o.postgres == "" {
+		problems = append(problems, "--instances above 1 needs --postgres (instances share one PostgreSQL database)")
 	}
 	if o.url != "" {
 		if u, err := url.Parse(o.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -190,6 +197,10 @@ type benchServerInfo struct {
 	Database string `json:"database"`
 	Version  string `json:"client_versions"`
 	CPUs     int    `json:"client_cpus"`
+	// Instances counts the child servers (1 unless --instances); the
+	// others' URLs follow in MoreURLs.
+	Instances int      `json:"instances,omitempty"`
+	MoreURLs  []string `json:"more_urls,omitempty"`
 }
 
 type benchConfig struct {
@@ -299,6 +310,47 @@ type benchRun struct {
 	baseURL   string
 	transport *http.Transport
 	server    *benchServer // nil with --url
+	// more are the further instances of --instances on server's database
+	// and data directory; senders and observers are spread over
+	// server, more[0], more[1], ...
+	more []*benchServer
+}
+
+// startMore starts the further instances of --instances: the same database
+// and the first instance's data directory (its signing.key and media).
+func (b *benchRun) startMore(ctx context.Context) error {
+	for i := 1; i < b.opts.instances; i++ {
+		b.logf("starting server child process %d of %d", i+1, b.opts.instances)
+		srv, err := startBenchServer(ctx, b.opts.postgres, "DB_PATH="+filepath.Join(b.server.dir, "agentspace.db"))
+		if err != nil {
+			return err
+		}
+		b.more = append(b.more, srv)
+	}
+	return nil
+}
+
+// servers returns every child server (none with --url).
+func (b *benchRun) servers() []*benchServer {
+	if b.server == nil {
+		return nil
+	}
+	return append([]*benchServer{b.server}, b.more...)
+}
+
+// spread points clients[i] at instance i mod the number of instances.
+func (b *benchRun) spread(clients []*mautrix.Client) {
+	if len(b.more) == 0 {
+		return
+	}
+	srvs := b.servers()
+	for i, cli := range clients {
+		u, err := url.Parse(srvs[i%len(srvs)].url)
+		if err != nil {
+			panic(fmt.Sprintf("bench: invalid server URL %q: %v", srvs[i%len(srvs)].url, err))
+		}
+		cli.HomeserverURL = u
+	}
 }
 
 func (b *benchRun) logf(format string, args ...any) {
@@ -334,7 +386,27 @@ func (b *benchRun) run(ctx context.Context) (_ *benchResult, err error) {
 		}()
 		b.server = srv
 		b.baseURL = srv.url
-		res.Server.Child, res.Server.PID = true, srv.cmd.Process.Pid
+		res.Server.Child, res.Server.PID, res.Server.Instances = true, srv.cmd.Process.Pid, 1
+		if b.opts.instances > 1 {
+			// Stopped before the first, whose stop removes the shared data directory.
+			defer func() {
+				for i := len(b.more) - 1; i >= 0; i-- {
+					if stopErr := b.more[i].stop(); stopErr != nil {
+						fmt.Fprintf(b.progress, "bench: warning: instance %d: %v\n", i+2, stopErr)
+						if tail := b.more[i].logs.String(); tail != "" {
+							fmt.Fprintf(b.progress, "bench: server log of instance %d (tail):\n%s\n", i+2, tail)
+						}
+					}
+				}
+			}()
+			if err := b.startMore(ctx); err != nil {
+				return nil, err
+			}
+			res.Server.Instances = len(b.servers())
+			for _, m := range b.more {
+				res.Server.MoreURLs = append(res.Server.MoreURLs, m.url)
+			}
+		}
 		res.Server.Database = "SQLite"
 		if b.opts.postgres != "" {
 			res.Server.Database = "PostgreSQL"
@@ -494,6 +566,9 @@ func (b *benchRun) sendPhase(ctx context.Context) (*sendResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	// With --instances, sender i and observer i use instance i mod N.
+	b.spread(senders)
+	b.spread(observerClients)
 	created, err := senders[0].CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "bench " + b.runID + " send"})
 	if err != nil {
 		return nil, fmt.Errorf("bench: POST /createRoom: %w", err)
@@ -1125,13 +1200,26 @@ func (s *benchServer) stop() error {
 	return s.stopErr
 }
 
-// serverCPU returns the child's user+system CPU time; false with --url or
-// when /proc is unavailable.
+// serverCPU returns the user+system CPU time of the child (the sum over all
+// of them with --instances); false with --url or when /proc is unavailable.
 func (b *benchRun) serverCPU() (time.Duration, bool) {
 	if b.server == nil {
 		return 0, false
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.server.cmd.Process.Pid))
+	var sum time.Duration
+	for _, srv := range b.servers() {
+		d, ok := processCPU(srv.cmd.Process.Pid)
+		if !ok {
+			return 0, false
+		}
+		sum += d
+	}
+	return sum, true
+}
+
+// processCPU returns a process's user+system CPU time from /proc.
+func processCPU(pid int) (time.Duration, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, false
 	}
@@ -1163,11 +1251,32 @@ var benchClockTicks = sync.OnceValue(func() int64 {
 	return 100 // USER_HZ on every Linux architecture Go supports
 })
 
+// resources reads the child's memory; with --instances, that of the
+// instance with the highest peak.
 func (b *benchRun) resources() resourceResult {
 	if b.server == nil {
 		return resourceResult{Note: "server is not a child process (--url): CPU and memory unavailable"}
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.server.cmd.Process.Pid))
+	res := processResources(b.server.cmd.Process.Pid)
+	if len(b.more) == 0 || !res.Available {
+		return res
+	}
+	for _, m := range b.more {
+		r := processResources(m.cmd.Process.Pid)
+		if !r.Available {
+			return r
+		}
+		if *r.PeakRSSMB > *res.PeakRSSMB {
+			res = r
+		}
+	}
+	res.Note = fmt.Sprintf("RSS is that of the instance with the highest peak (of %d)", len(b.servers()))
+	return res
+}
+
+// processResources reads a process's current and peak RSS from /proc.
+func processResources(pid int) resourceResult {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return resourceResult{Note: "reading /proc status: " + err.Error()}
 	}
@@ -1354,6 +1463,9 @@ func writeBenchReport(w io.Writer, r *benchResult) {
 	where := "external server"
 	if r.Server.Child {
 		where = fmt.Sprintf("child process pid %d", r.Server.PID)
+	}
+	if len(r.Server.MoreURLs) > 0 {
+		where = fmt.Sprintf("%d child processes, also %s; senders and observers split, CPU summed", r.Server.Instances, strings.Join(r.Server.MoreURLs, ", "))
 	}
 	fmt.Fprintf(w, "AgentSpace bench %s: %s (%s, %s), client on %d CPUs, %s\n",
 		r.RunID, r.Server.URL, where, r.Server.Database, r.Server.CPUs, runtime.Version())

@@ -58,8 +58,17 @@ type liveProc struct {
 // startServerProc) on a fresh port and waits until it answers /versions.
 func startLiveProc(t testing.TB, env ...string) *liveProc {
 	t.Helper()
+	return startLiveProcArgs(t, nil, env...)
+}
+
+// startLiveProcArgs is startLiveProc with "serve" arguments (e.g. -config FILE).
+func startLiveProcArgs(t testing.TB, args []string, env ...string) *liveProc {
+	t.Helper()
 	port := freePort(t)
 	cmd := newServerCmd(t, append([]string{"PORT=" + strconv.Itoa(port)}, env...)...)
+	if len(args) > 0 {
+		cmd.Args = append(cmd.Args, append([]string{"serve"}, args...)...)
+	}
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
