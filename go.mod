@@ -3,6 +3,8 @@ module github.com/agentspace/agentspace
 go 1.26
 
 require (
+	github.com/cenkalti/backoff/v4 v4.3.0
+	github.com/coder/websocket v1.8.15
 	github.com/gorilla/mux v1.8.1
 	github.com/lib/pq v1.12.3
 	github.com/matrix-org/gomatrixserverlib v0.0.0-20250815065806-6697d93cbcba
@@ -10,6 +12,7 @@ require (
 	github.com/prometheus/client_golang v1.23.2
 	github.com/tidwall/gjson v1.19.0
 	github.com/tidwall/sjson v1.2.5
+	github.com/titanous/json5 v1.0.0
 	golang.org/x/crypto v0.53.0
 	golang.org/x/image v0.30.0
 	golang.org/x/time v0.12.0
@@ -20,9 +23,7 @@ require (
 require (
 	filippo.io/edwards25519 v1.2.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
-	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/coder/websocket v1.8.15 // indirect
 	github.com/hashicorp/go-set/v3 v3.0.0 // indirect
 	github.com/kr/text v0.2.0 // indirect
 	github.com/matrix-org/util v0.0.0-20221111132719-399730281e66 // indirect
@@ -38,7 +39,6 @@ require (
 	github.com/sirupsen/logrus v1.9.3 // indirect
 	github.com/tidwall/match v1.1.1 // indirect
 	github.com/tidwall/pretty v1.2.1 // indirect
-	github.com/titanous/json5 v1.0.0 // indirect
 	go.mau.fi/util v0.9.10 // indirect
 	go.yaml.in/yaml/v2 v2.4.2 // indirect
 	golang.org/x/exp v0.0.0-20260611194520-c48552f49976 // indirect
