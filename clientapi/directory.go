@@ -297,12 +297,14 @@ func (pr *publicRoom) listable() bool {
 	return pr.WorldReadable
 }
 
-// matches applies the directory filter.
+// matches applies the directory filter: the term is looked for in the
+// name, topic and canonical alias (as Synapse does), or is the room id
+// itself — not a part of it, which would match random ids.
 func (pr *publicRoom) matches(term string, roomTypes []*string, hasTypes bool) bool {
 	if term != "" {
 		t := strings.ToLower(term)
 		if !strings.Contains(strings.ToLower(pr.Name), t) && !strings.Contains(strings.ToLower(pr.Topic), t) &&
-			!strings.Contains(strings.ToLower(pr.CanonicalAlias), t) && !strings.Contains(strings.ToLower(pr.RoomID), t) {
+			!strings.Contains(strings.ToLower(pr.CanonicalAlias), t) && term != pr.RoomID {
 			return false
 		}
 	}

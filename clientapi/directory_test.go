@@ -111,6 +111,9 @@ func TestPublicRoomDirectory(t *testing.T) {
 	if c := search("RUST"); len(c) != 1 || c[0]["room_id"] != small {
 		t.Fatalf("search RUST = %v", c)
 	}
+	if c := search(small); len(c) != 1 || c[0]["room_id"] != small {
+		t.Fatalf("search by room id = %v", c)
+	}
 	if c := search("nothing-like-this"); len(c) != 0 {
 		t.Fatalf("search miss = %v", c)
 	}
