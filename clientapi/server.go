@@ -137,6 +137,13 @@ func (s *Server) Start() error {
 		defer s.bg.Done()
 		s.db.RunCheckpoints(s.baseCtx, time.Second)
 	}()
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.db.RunSearchIndexer(s.baseCtx, func(err error) {
+			s.log.Error("indexing messages for search failed; will retry", "err", err)
+		})
+	}()
 	if s.cluster != nil {
 		s.bg.Add(1)
 		go func() {

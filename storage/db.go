@@ -68,6 +68,8 @@ type DB struct {
 	authGen atomic.Uint64
 	// observer, when set, is told of every commit (see SetCommitObserver).
 	observer atomic.Pointer[func(Commit)]
+	// search is what the SQLite full-text index holds (searchindex.go).
+	search searchIndex
 
 	// Prepared read statements keyed by SQL text. SQLite spends as long
 	// parsing a small query as running it, so reuse matters.

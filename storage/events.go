@@ -84,10 +84,8 @@ func (tx *Tx) InsertEvent(ctx context.Context, e *Event) error {
 	if err != nil {
 		return fmt.Errorf("inserting event %s: %w", e.EventID, err)
 	}
-	if e.Body != nil && tx.db.dialect == SQLite {
-		if _, err := tx.Exec(ctx, `INSERT INTO events_fts (rowid, body) VALUES ($1, $2)`, e.Pos, *e.Body); err != nil {
-			return fmt.Errorf("indexing event %s: %w", e.EventID, err)
-		}
+	if e.Body != nil {
+		tx.db.search.dirty = true // indexed by the next FlushSearchIndex (searchindex.go)
 	}
 	if e.StateKey == nil {
 		return nil

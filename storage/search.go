@@ -107,6 +107,9 @@ func (db *DB) SearchEvents(ctx context.Context, q SearchQuery) ([]SearchHit, err
 	if from == "" || q.Limit <= 0 {
 		return nil, nil
 	}
+	if err := db.FlushSearchIndex(ctx); err != nil { // everything stored is searchable
+		return nil, err
+	}
 	// FTS4 has no bm25: rank by how many times the terms occur
 	// (offsets() lists four integers per match).
 	score := `(LENGTH(offsets(events_fts)) - LENGTH(REPLACE(offsets(events_fts), ' ', '')) + 1) / 4.0`
@@ -146,6 +149,9 @@ func (db *DB) CountSearch(ctx context.Context, q SearchQuery) (int, error) {
 	from, args := db.searchSQL(q)
 	if from == "" {
 		return 0, nil
+	}
+	if err := db.FlushSearchIndex(ctx); err != nil {
+		return 0, err
 	}
 	var n int
 	if err := db.QueryRow(ctx, `SELECT COUNT(*)`+from, args...).Scan(&n); err != nil {
