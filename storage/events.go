@@ -85,7 +85,7 @@ func (tx *Tx) InsertEvent(ctx context.Context, e *Event) error {
 		return fmt.Errorf("inserting event %s: %w", e.EventID, err)
 	}
 	if e.Body != nil {
-		tx.db.search.dirty = true // indexed by the next FlushSearchIndex (searchindex.go)
+		tx.db.search.dirty.Store(true) // indexed by the next FlushSearchIndex (searchindex.go)
 	}
 	if e.StateKey == nil {
 		return nil

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,26 +18,27 @@ import (
 // IndexSearchEvery is how often RunSearchIndexer indexes new messages.
 const IndexSearchEvery = 200 * time.Millisecond
 
-// searchIndex tracks what the FTS4 index holds. Guarded by the write lock
-// (it is only read and moved inside Write).
+// searchIndex tracks what the FTS4 index holds. upTo and ready are only
+// read and moved inside Write; dirty is atomic so an idle server's indexer
+// need not open a transaction to find nothing to do.
 type searchIndex struct {
 	// upTo: every event with pos <= upTo that has a body is indexed.
 	upTo StreamPos
 	// ready: upTo has been read from the index (after a restart).
-	ready bool
+	ready atomic.Bool
 	// dirty: a body was stored past upTo (set by InsertEvent).
-	dirty bool
+	dirty atomic.Bool
 }
 
 // FlushSearchIndex indexes the bodies stored since the last flush (SQLite;
 // a no-op on PostgreSQL or when nothing is new).
 func (db *DB) FlushSearchIndex(ctx context.Context) error {
-	if db.dialect != SQLite {
+	si := &db.search
+	if db.dialect != SQLite || (si.ready.Load() && !si.dirty.Load()) {
 		return nil
 	}
 	return db.Write(ctx, func(tx *Tx) error {
-		si := &db.search
-		if !si.ready {
+		if !si.ready.Load() {
 			// After a restart: everything up to the newest indexed event is
 			// in; later events are re-examined (those without a body cost a
 			// scan, nothing more).
@@ -44,9 +46,11 @@ func (db *DB) FlushSearchIndex(ctx context.Context) error {
 			if err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(docid), 0) FROM events_fts_content`).Scan(&top); err != nil {
 				return fmt.Errorf("reading the search index position: %w", err)
 			}
-			si.upTo, si.ready, si.dirty = StreamPos(top), true, true
+			si.upTo = StreamPos(top)
+			si.ready.Store(true)
+			si.dirty.Store(true)
 		}
-		if !si.dirty {
+		if !si.dirty.Load() {
 			return nil
 		}
 		var top int64
@@ -60,7 +64,10 @@ func (db *DB) FlushSearchIndex(ctx context.Context) error {
 			}
 		}
 		upTo := StreamPos(top)
-		tx.OnCommit(func() { si.upTo, si.dirty = upTo, false })
+		tx.OnCommit(func() {
+			si.upTo = upTo
+			si.dirty.Store(false)
+		})
 		return nil
 	})
 }
