@@ -202,6 +202,29 @@ func NewWorker(db *storage.DB, rs *rooms.Service, cfg DeliveryConfig, c Consumer
 // ID is the consumer's id.
 func (w *Worker) ID() string { return w.c.ID }
 
+// Prepare gives a new consumer its cursor at the current stream position.
+// The server calls it before serving: a worker may wait for its delivery
+// lease (several instances), and an event committed meanwhile must still
+// be after the cursor, not before it.
+func (w *Worker) Prepare(ctx context.Context) error {
+	_, err := w.db.AppserviceState(ctx, w.c.ID, w.rooms.Notifier().Latest())
+	return err
+}
+
+// Prepare gives every appservice that receives transactions its cursor
+// (see Worker.Prepare).
+func (d *Deliverer) Prepare(ctx context.Context) error {
+	for _, w := range d.workers {
+		if w.reg.URL == "" {
+			continue
+		}
+		if err := w.stream.Prepare(ctx); err != nil {
+			return fmt.Errorf("appservice %s: %w", w.reg.ID, err)
+		}
+	}
+	return nil
+}
+
 // Wake makes the worker look for work now (for sideband data; stream
 // commits wake it by themselves).
 func (w *Worker) Wake() {

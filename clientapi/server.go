@@ -97,6 +97,14 @@ func NewServer(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Serv
 	api := NewAPI(cfg, db, rs, log, reg)
 	api.appservices = deliverer
 	api.webhooks = webhook.New(db, rs, log, reg, cfg, appserviceDelivery(cfg)) // webhooks and hooks (bridges.go)
+	// Stream consumers get their cursors now, before anything is served.
+	if err := errors.Join(deliverer.Prepare(ctx), api.webhooks.Prepare(ctx)); err != nil {
+		if feed != nil {
+			feed.Close()
+		}
+		db.Close()
+		return nil, err
+	}
 	baseCtx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: log, db: db, rooms: rs, api: api, appservices: deliverer, baseCtx: baseCtx, cancelBase: cancel,
 		feed: feed, cluster: cluster}

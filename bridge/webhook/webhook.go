@@ -120,6 +120,17 @@ func (r *Runner) add(t *target, dcfg appservice.DeliveryConfig) {
 	r.targets = append(r.targets, t)
 }
 
+// Prepare gives every webhook and hook its cursor before the server serves
+// (see appservice.Worker.Prepare).
+func (r *Runner) Prepare(ctx context.Context) error {
+	for _, t := range r.targets {
+		if err := t.worker.Prepare(ctx); err != nil {
+			return fmt.Errorf("%s: %w", t.id, err)
+		}
+	}
+	return nil
+}
+
 // Run delivers until ctx ends.
 func (r *Runner) Run(ctx context.Context) {
 	var wg sync.WaitGroup
