@@ -165,14 +165,21 @@ func bench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	writeBenchReport(stdout, res)
-	if opts.jsonPath != "" {
-		data, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
-			return fmt.Errorf("bench: encoding JSON: %w", err)
-		}
-		if err := os.WriteFile(opts.jsonPath, append(data, '\n'), 0o644); err != nil {
-			return fmt.Errorf("bench: writing %s: %w", opts.jsonPath, err)
-		}
+	return writeBenchJSON(opts.jsonPath, res)
+}
+
+// writeBenchJSON writes a bench report as indented JSON to path ("" writes
+// nothing); every bench mode's --json uses it.
+func writeBenchJSON(path string, report any) error {
+	if path == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(report, "", "  ")
+	if err != nil {
+		return fmt.Errorf("bench: encoding JSON: %w", err)
+	}
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("bench: writing %s: %w", path, err)
 	}
 	return nil
 }

@@ -203,11 +203,8 @@ func benchAppservice(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "  delivery lag (send start -> transaction received): p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n",
 		res.Lag.P50Ms, res.Lag.P90Ms, res.Lag.P99Ms, res.Lag.MaxMs)
 	fmt.Fprintf(stdout, "  missing %d, duplicates %d, per-room order violations %d\n", res.Missing, res.Duplicates, res.OrderViolations)
-	if *jsonPath != "" {
-		out, _ := json.MarshalIndent(res, "", "  ")
-		if err := os.WriteFile(*jsonPath, append(out, '\n'), 0o644); err != nil {
-			return err
-		}
+	if err := writeBenchJSON(*jsonPath, res); err != nil {
+		return err
 	}
 	if res.Missing > 0 || res.OrderViolations > 0 {
 		return fmt.Errorf("bench appservice: %d missing, %d out of order", res.Missing, res.OrderViolations)

@@ -10,7 +10,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -148,16 +147,7 @@ func benchSoak(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	writeSoakReport(stdout, res)
-	if opts.jsonPath != "" {
-		data, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
-			return fmt.Errorf("bench soak: encoding JSON: %w", err)
-		}
-		if err := os.WriteFile(opts.jsonPath, append(data, '\n'), 0o644); err != nil {
-			return fmt.Errorf("bench soak: writing %s: %w", opts.jsonPath, err)
-		}
-	}
-	return nil
+	return writeBenchJSON(opts.jsonPath, res)
 }
 
 // soakWindow accumulates the figures of the current interval.

@@ -87,11 +87,8 @@ func benchWS(args []string, stdout, stderr io.Writer) error {
 	}
 	res.Database = dbName
 	writeWSBenchReport(stdout, res)
-	if *jsonPath != "" {
-		out, _ := json.MarshalIndent(res, "", "  ")
-		if err := os.WriteFile(*jsonPath, append(out, '\n'), 0o644); err != nil {
-			return err
-		}
+	if err := writeBenchJSON(*jsonPath, res); err != nil {
+		return err
 	}
 	if res.Missing > 0 || res.OrderViolations > 0 {
 		return fmt.Errorf("bench ws: %d missing, %d out of order", res.Missing, res.OrderViolations)

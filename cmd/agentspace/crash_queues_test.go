@@ -4,11 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,8 +14,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // Crash safety of the delivery queues: with an appservice (whose bot has
@@ -172,34 +168,11 @@ func runQueueCrash(t *testing.T, engineEnv []string) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	recvSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = recvSrv.Serve(ln) }()
-	t.Cleanup(func() { _ = recvSrv.Close() })
-	recvBase := "http://" + ln.Addr().String()
+	recvBase := serveLoopback(t, mux)
 
 	// The registration, written by the real command.
-	regPath := filepath.Join(dir, "crashq.yaml")
-	out, err := exec.Command(agentspaceBinary(t), "appservice", "new", "--id", "crashq", "--url", recvBase+"/as",
-		"--sender", "crashbot", "--users", "@agent_.*:localhost", "--out", regPath).CombinedOutput()
-	if err != nil {
-		t.Fatalf("appservice new: %v\n%s", err, out)
-	}
-	regData, err := os.ReadFile(regPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reg struct {
-		AS string `yaml:"as_token"`
-		HS string `yaml:"hs_token"`
-	}
-	if err := yaml.Unmarshal(regData, &reg); err != nil || reg.AS == "" || reg.HS == "" {
-		t.Fatalf("registration: %v\n%s", err, regData)
-	}
-	hsToken = reg.HS
+	regPath, asToken, hs := newRegistration(t, dir, "crashq", "crashbot", recvBase+"/as")
+	hsToken = hs
 
 	cfgPath := filepath.Join(dir, "agentspace.yaml")
 	cfg := fmt.Sprintf(`app_service_retry: {min: 50ms, max: 200ms}
@@ -228,7 +201,7 @@ bridges:
 	roomMu.Lock()
 	roomID = created["room_id"].(string)
 	roomMu.Unlock()
-	bot := &mxClient{base: p.URL, token: reg.AS, userID: "@crashbot:localhost", http: owner.http}
+	bot := &mxClient{base: p.URL, token: asToken, userID: "@crashbot:localhost", http: owner.http}
 	bot.must(t, 200, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), map[string]any{})
 	for _, c := range senders {
 		c.must(t, 200, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), map[string]any{})

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +21,7 @@ import (
 
 	_ "github.com/lib/pq"
 	_ "github.com/mattn/go-sqlite3"
+	"gopkg.in/yaml.v3"
 
 	"github.com/agentspace/agentspace/internal/testdb"
 )
@@ -416,4 +419,43 @@ func checkPostgresIntegrity(t testing.TB, db *sql.DB) (indexesChecked int) {
 	}
 	checkInvariants(t, db)
 	return indexesChecked
+}
+
+// serveLoopback serves h on 127.0.0.1 until the test ends and returns its
+// base URL (receivers standing in for appservices and webhooks).
+func serveLoopback(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+// newRegistration writes an appservice registration for @agent_.* users
+// with the real "agentspace appservice new" command and returns its path
+// and tokens.
+func newRegistration(t *testing.T, dir, id, sender, url string) (path, asToken, hsToken string) {
+	t.Helper()
+	path = filepath.Join(dir, id+".yaml")
+	out, err := exec.Command(agentspaceBinary(t), "appservice", "new", "--id", id, "--url", url,
+		"--sender", sender, "--users", "@agent_.*:localhost", "--out", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("appservice new: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg struct {
+		AS string `yaml:"as_token"`
+		HS string `yaml:"hs_token"`
+	}
+	if err := yaml.Unmarshal(data, &reg); err != nil || reg.AS == "" || reg.HS == "" {
+		t.Fatalf("registration: %v\n%s", err, data)
+	}
+	return path, reg.AS, reg.HS
 }

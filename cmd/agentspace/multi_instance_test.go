@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -18,8 +16,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // Several instances on one PostgreSQL database, with the real binary: two
@@ -186,34 +182,11 @@ func TestMultiInstanceKill(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte("{}"))
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	recvSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = recvSrv.Serve(ln) }()
-	t.Cleanup(func() { _ = recvSrv.Close() })
-	recvBase := "http://" + ln.Addr().String()
+	recvBase := serveLoopback(t, mux)
 
 	// One registration file, written by the real command, for both instances.
-	regPath := filepath.Join(dir, "mi.yaml")
-	out, err := exec.Command(agentspaceBinary(t), "appservice", "new", "--id", "mi", "--url", recvBase+"/as",
-		"--sender", "mibot", "--users", "@agent_.*:localhost", "--out", regPath).CombinedOutput()
-	if err != nil {
-		t.Fatalf("appservice new: %v\n%s", err, out)
-	}
-	regData, err := os.ReadFile(regPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reg struct {
-		AS string `yaml:"as_token"`
-		HS string `yaml:"hs_token"`
-	}
-	if err := yaml.Unmarshal(regData, &reg); err != nil || reg.AS == "" || reg.HS == "" {
-		t.Fatalf("registration: %v\n%s", err, regData)
-	}
-	hsToken = reg.HS
+	regPath, asToken, hs := newRegistration(t, dir, "mi", "mibot", recvBase+"/as")
+	hsToken = hs
 	cfgPath := filepath.Join(dir, "agentspace.yaml")
 	if err := os.WriteFile(cfgPath, []byte("app_service_retry: {min: 50ms, max: 200ms}\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -249,7 +222,7 @@ func TestMultiInstanceKill(t *testing.T) {
 	roomID = created["room_id"].(string)
 	roomMu.Unlock()
 	joinPath := "/_matrix/client/v3/join/" + url.PathEscape(roomID)
-	bot := &mxClient{base: b.URL, token: reg.AS, userID: "@mibot:localhost", http: owner.http}
+	bot := &mxClient{base: b.URL, token: asToken, userID: "@mibot:localhost", http: owner.http}
 	bot.must(t, 200, "POST", joinPath, map[string]any{})
 	chatA.must(t, 200, "POST", joinPath, map[string]any{})
 	chatB.must(t, 200, "POST", joinPath, map[string]any{})
