@@ -133,13 +133,7 @@ type Options struct {
 
 // Open opens (creating if needed) the database and runs pending migrations.
 func Open(ctx context.Context, opts Options) (*DB, error) {
-	var db *DB
-	var err error
-	if opts.PostgresURL != "" {
-		db, err = openPostgres(opts.PostgresURL)
-	} else {
-		db, err = openSQLite(opts.SQLitePath)
-	}
+	db, err := openUnmigrated(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +142,14 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("migrating database: %w", err)
 	}
 	return db, nil
+}
+
+// openUnmigrated opens the database and runs no migration.
+func openUnmigrated(opts Options) (*DB, error) {
+	if opts.PostgresURL != "" {
+		return openPostgres(opts.PostgresURL)
+	}
+	return openSQLite(opts.SQLitePath)
 }
 
 func openSQLite(path string) (*DB, error) {

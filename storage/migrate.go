@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -88,7 +89,10 @@ func splitStatements(sqlText string) []string {
 
 // migrate applies every migration newer than the recorded version, each in
 // its own transaction together with the version bump.
-func (db *DB) migrate(ctx context.Context) error {
+func (db *DB) migrate(ctx context.Context) error { return db.migrateTo(ctx, math.MaxInt) }
+
+// migrateTo is migrate stopping after version upTo (tests of one migration).
+func (db *DB) migrateTo(ctx context.Context, upTo int) error {
 	migs, err := loadMigrations()
 	if err != nil {
 		return err
@@ -108,7 +112,7 @@ func (db *DB) migrate(ctx context.Context) error {
 		return fmt.Errorf("reading schema version: %w", err)
 	}
 	for _, m := range migs {
-		if m.version <= current {
+		if m.version <= current || m.version > upTo {
 			continue
 		}
 		tx, err := db.write.BeginTx(ctx, nil)

@@ -1,0 +1,52 @@
+-- Fewer index pages written per message (issue 2, send throughput).
+--
+-- Every committed page is a full WAL frame on SQLite, so each index an
+-- ordinary message touches costs a page write per commit:
+--  * events_state and events_relates only ever serve state events and
+--    relations; ordinary messages (state_key and relates_to NULL) no longer
+--    enter them. Every query using them compares the column, which implies
+--    IS NOT NULL, so both engines still pick them.
+--  * On SQLite, "BIGINT PRIMARY KEY" is not the rowid: events carried a
+--    hidden rowid plus a separate index on pos. "INTEGER PRIMARY KEY" makes
+--    pos the rowid itself (same 64-bit values; PostgreSQL is unchanged).
+--  * On SQLite, transactions becomes WITHOUT ROWID: the primary key is the
+--    table, one b-tree instead of a table plus its key index.
+-- only: sqlite CREATE TABLE events_v6 (
+-- only: sqlite     pos            INTEGER PRIMARY KEY,
+-- only: sqlite     event_id       TEXT NOT NULL UNIQUE,
+-- only: sqlite     room_id        TEXT NOT NULL,
+-- only: sqlite     type           TEXT NOT NULL,
+-- only: sqlite     state_key      TEXT,
+-- only: sqlite     sender         TEXT NOT NULL,
+-- only: sqlite     origin_ts      BIGINT NOT NULL,
+-- only: sqlite     depth          BIGINT NOT NULL,
+-- only: sqlite     membership     TEXT,
+-- only: sqlite     rel_type       TEXT,
+-- only: sqlite     relates_to     TEXT,
+-- only: sqlite     body           TEXT,
+-- only: sqlite     pdu_json       TEXT NOT NULL,
+-- only: sqlite     unsigned_json  TEXT NOT NULL DEFAULT '{}',
+-- only: sqlite     redacted_by    TEXT,
+-- only: sqlite     txn_id         TEXT,
+-- only: sqlite     txn_device_id  TEXT
+-- only: sqlite );
+-- only: sqlite INSERT INTO events_v6 (pos, event_id, room_id, type, state_key, sender, origin_ts, depth, membership, rel_type, relates_to, body, pdu_json, unsigned_json, redacted_by, txn_id, txn_device_id) SELECT pos, event_id, room_id, type, state_key, sender, origin_ts, depth, membership, rel_type, relates_to, body, pdu_json, unsigned_json, redacted_by, txn_id, txn_device_id FROM events;
+-- only: sqlite DROP TABLE events;
+-- only: sqlite ALTER TABLE events_v6 RENAME TO events;
+-- only: sqlite CREATE INDEX events_room_pos ON events (room_id, pos);
+-- only: postgres DROP INDEX events_state;
+-- only: postgres DROP INDEX events_relates;
+CREATE INDEX events_state ON events (room_id, type, state_key, pos) WHERE state_key IS NOT NULL;
+CREATE INDEX events_relates ON events (relates_to, rel_type, pos) WHERE relates_to IS NOT NULL;
+
+-- only: sqlite CREATE TABLE transactions_v6 (
+-- only: sqlite     user_id    TEXT NOT NULL,
+-- only: sqlite     device_id  TEXT NOT NULL,
+-- only: sqlite     txn_id     TEXT NOT NULL,
+-- only: sqlite     event_id   TEXT NOT NULL,
+-- only: sqlite     created_ts BIGINT NOT NULL,
+-- only: sqlite     PRIMARY KEY (user_id, device_id, txn_id)
+-- only: sqlite ) WITHOUT ROWID;
+-- only: sqlite INSERT INTO transactions_v6 (user_id, device_id, txn_id, event_id, created_ts) SELECT user_id, device_id, txn_id, event_id, created_ts FROM transactions;
+-- only: sqlite DROP TABLE transactions;
+-- only: sqlite ALTER TABLE transactions_v6 RENAME TO transactions;
