@@ -27,9 +27,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 	if err != nil {
 		return err
 	}
+	return writeRawJSON(w, status, b)
+}
+
+// writeRawJSON writes body, which must already be JSON.
+func writeRawJSON(w http.ResponseWriter, status int, body []byte) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, _ = w.Write(b)
+	_, _ = w.Write(body)
 	return nil
 }
 

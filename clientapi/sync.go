@@ -88,7 +88,11 @@ func (a *API) handleSync(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, resp)
+	body, err := resp.appendJSON(make([]byte, 0, 4096))
+	if err != nil {
+		return err
+	}
+	return writeRawJSON(w, http.StatusOK, body)
 }
 
 func (a *API) parseSyncRequest(r *http.Request) (*syncRequest, error) {

@@ -284,7 +284,11 @@ func renderSyncEvent(e *storage.Event, v rooms.Viewer, now int64, shared bool) j
 	if len(unsigned) == 0 {
 		unsigned = []byte("{}")
 	}
+	// The result is copied into the response as it is (syncjson.go), so
+	// anything but the compact object the room engine stores takes the
+	// general way, which re-encodes it.
 	if unsigned[0] != '{' || unsigned[len(unsigned)-1] != '}' ||
+		(len(unsigned) > 2 && !isCompactJSON(unsigned)) ||
 		bytes.Contains(unsigned, []byte(`"age"`)) || bytes.Contains(unsigned, []byte(`"transaction_id"`)) {
 		// Not the shape stored by the room engine: render the general way.
 		raw, _ := json.Marshal(rooms.ToClientEvent(e, v, rooms.FormatOptions{OmitRoomID: true}))
