@@ -55,6 +55,12 @@ type DB struct {
 	write   *sql.DB
 
 	writeMu sync.Mutex
+	// sqlitePos is the stream_position row's committed value on SQLite,
+	// known when sqlitePosKnown (both guarded by writeMu): one process owns
+	// a SQLite file's writes, so positions are counted here instead of
+	// being read back from the row in every transaction.
+	sqlitePos      StreamPos
+	sqlitePosKnown bool
 	// writeStmts (guarded by writeMu) caches what the write side knows
 	// about each query text: its rebound form, whether it touches auth,
 	// and on SQLite its prepared statement. Statements are prepared
@@ -402,9 +408,25 @@ func (tx *Tx) QueryRow(ctx context.Context, query string, args ...any) *sql.Row 
 // keeps positions committing in the order allocated on PostgreSQL too);
 // later calls count on in memory, and the row is brought up to date once,
 // just before the commit.
+//
+// On SQLite the row is written only by storePos: the committed value is
+// known in memory (see DB.sqlitePos).
 func (tx *Tx) NextPos(ctx context.Context) (StreamPos, error) {
 	if tx.lastPos > 0 {
 		tx.lastPos++
+		return tx.lastPos, nil
+	}
+	db := tx.db
+	if db.dialect == SQLite {
+		if !db.sqlitePosKnown {
+			if err := tx.QueryRow(ctx, `SELECT pos FROM stream_position WHERE id = 1`).Scan(&db.sqlitePos); err != nil {
+				return 0, fmt.Errorf("reading stream position: %w", err)
+			}
+			db.sqlitePosKnown = true
+		}
+		tx.storedPos = db.sqlitePos
+		tx.lastPos = tx.storedPos + 1
+		tx.firstPos = tx.lastPos
 		return tx.lastPos, nil
 	}
 	var pos StreamPos
@@ -422,8 +444,17 @@ func (tx *Tx) storePos(ctx context.Context) error {
 	if tx.lastPos <= tx.storedPos {
 		return nil
 	}
-	if _, err := tx.Exec(ctx, `UPDATE stream_position SET pos = $1 WHERE id = 1`, tx.lastPos); err != nil {
+	// The expected old value guards the in-memory count on SQLite: a row
+	// moved by anyone else fails the transaction rather than reusing
+	// positions (the count is then read again).
+	res, err := tx.Exec(ctx, `UPDATE stream_position SET pos = $1 WHERE id = 1 AND pos = $2`, tx.lastPos, tx.storedPos)
+	if err != nil {
 		return fmt.Errorf("storing stream position: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("storing stream position: %w", err)
+	} else if n != 1 {
+		return fmt.Errorf("storing stream position: the row no longer holds %d (another process writing the database?)", tx.storedPos)
 	}
 	tx.storedPos = tx.lastPos
 	return nil
@@ -452,13 +483,18 @@ func (db *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	}
 	if err != nil {
 		_ = sqlTx.Rollback()
+		db.sqlitePosKnown = false
 		return err
 	}
 	if err := sqlTx.Commit(); err != nil {
 		if tx.authChanged {
 			db.authGen.Add(1) // the outcome is unknown: be safe
 		}
+		db.sqlitePosKnown = false
 		return fmt.Errorf("committing transaction: %w", mapError(err))
+	}
+	if tx.lastPos > 0 && db.dialect == SQLite {
+		db.sqlitePos = tx.lastPos
 	}
 	if tx.authChanged {
 		db.authGen.Add(1)

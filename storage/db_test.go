@@ -2,7 +2,10 @@ package storage
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -90,6 +93,69 @@ func TestNextPosConcurrent(t *testing.T) {
 	cur, err := db.CurrentPos(ctx)
 	if err != nil || cur != writers*each {
 		t.Fatalf("CurrentPos = %d, %v; want %d", cur, err, writers*each)
+	}
+}
+
+// Positions survive a failed transaction and a reopen, and on SQLite,
+// where they are counted in memory, a stream_position row moved behind the
+// server's back fails one transaction instead of handing out a position twice.
+func TestNextPosAfterRollbackReopenAndForeignWrite(t *testing.T) {
+	ctx := context.Background()
+	opts := Options{SQLitePath: filepath.Join(t.TempDir(), "agentspace.db")}
+	if testdb.Postgres() {
+		opts.PostgresURL = testdb.NewPostgres(t)
+	}
+	db := openTestOptions(t, opts)
+	next := func(db *DB, fail bool) (StreamPos, error) {
+		var pos StreamPos
+		err := db.Write(ctx, func(tx *Tx) error {
+			var err error
+			if pos, err = tx.NextPos(ctx); err != nil {
+				return err
+			}
+			if _, err = tx.NextPos(ctx); err != nil {
+				return err
+			}
+			if fail {
+				return errors.New("rolled back")
+			}
+			return nil
+		})
+		return pos, err
+	}
+	if p, err := next(db, false); err != nil || p != 1 {
+		t.Fatalf("first transaction: %d, %v", p, err)
+	}
+	if _, err := next(db, true); err == nil {
+		t.Fatal("a failing transaction committed")
+	}
+	if p, err := next(db, false); err != nil || p != 3 {
+		t.Fatalf("after a rollback: %d, %v; want 3", p, err)
+	}
+	if db.Dialect() == SQLite {
+		other, err := sql.Open("sqlite3", "file:"+opts.SQLitePath+"?_busy_timeout=10000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := other.Exec(`UPDATE stream_position SET pos = 100 WHERE id = 1`); err != nil {
+			t.Fatal(err)
+		}
+		other.Close()
+		if _, err := next(db, false); err == nil || !strings.Contains(err.Error(), "stream position") {
+			t.Fatalf("a transaction after a foreign write to stream_position: %v; want a stream position error", err)
+		}
+		if p, err := next(db, false); err != nil || p != 101 {
+			t.Fatalf("after the foreign write: %d, %v; want 101", p, err)
+		}
+	}
+	db.Close()
+	db = openTestOptions(t, opts)
+	want, err := db.CurrentPos(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := next(db, false); err != nil || p != want+1 {
+		t.Fatalf("after reopening: %d, %v; want %d", p, err, want+1)
 	}
 }
 
