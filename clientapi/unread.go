@@ -81,7 +81,13 @@ func (c *unreadCache) counts(ctx context.Context, a *API, roomID, userID string,
 					continue
 				}
 				e.notif++
-				if (ev.Body != nil && strings.Contains(strings.ToLower(*ev.Body), localpart)) || bytes.Contains(ev.PDUJSON, quoted) {
+				// Outside the content a notifying event names only its own
+				// sender, so the content is enough to look in when known.
+				mentions := ev.Content
+				if mentions == nil {
+					mentions = ev.PDUJSON
+				}
+				if (ev.Body != nil && strings.Contains(strings.ToLower(*ev.Body), localpart)) || bytes.Contains(mentions, quoted) {
 					e.highlight++
 				}
 			}

@@ -473,6 +473,7 @@ func (s *Service) toRow(be *builtEvent, pos storage.StreamPos) (*storage.Event, 
 		Depth:    pdu.Depth(),
 		PDUJSON:  pdu.JSON(),
 		Unsigned: []byte("{}"),
+		Content:  pdu.Content(),
 	}
 	if pdu.Type() == spec.MRoomCreate && row.RoomID == "" {
 		row.RoomID = "!" + pdu.EventID()[1:]

@@ -26,6 +26,12 @@ type Event struct {
 	RedactedBy *string
 	TxnID      *string // client txnId; only echoed to the sending device
 	TxnDevice  *string
+
+	// Content is the PDU's content when the event was built by this
+	// process (not stored: nil for events read from the database). Per-event
+	// scans that only concern the content, such as mention checks for every
+	// syncing member, then need not go through the whole PDU.
+	Content []byte
 }
 
 const eventColumns = `pos, event_id, room_id, type, state_key, sender, origin_ts, depth, membership,
