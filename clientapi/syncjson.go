@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"slices"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -37,25 +38,30 @@ func (r *syncResponse) appendJSON(b []byte) ([]byte, error) {
 		return nil, err
 	}
 	b = append(b, `},"account_data":`...)
-	for _, f := range []struct {
-		name string
-		v    any
-	}{
-		{"", r.AccountData},
-		{"presence", r.Presence},
-		{"to_device", r.ToDevice},
-		{"device_lists", r.DeviceLists},
-		{"device_one_time_keys_count", r.DeviceOneTimeKeysCount},
-		{"device_unused_fallback_key_types", r.DeviceUnusedFallbackKeyTypes},
-	} {
-		if f.name != "" {
-			b = append(b, `,"`...)
-			b = append(b, f.name...)
-			b = append(b, `":`...)
-		}
-		if b, err = appendMarshal(b, f.v); err != nil {
-			return nil, err
-		}
+	if b, err = appendEventList(b, r.AccountData); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"presence":`...)
+	if b, err = appendEventList(b, r.Presence); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"to_device":`...)
+	if b, err = appendEventList(b, r.ToDevice); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"device_lists":`...)
+	if r.DeviceLists.Changed == nil && r.DeviceLists.Left == nil {
+		b = append(b, `{"changed":null,"left":null}`...)
+	} else if b, err = appendMarshal(b, r.DeviceLists); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"device_one_time_keys_count":`...)
+	if b, err = appendMarshal(b, r.DeviceOneTimeKeysCount); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"device_unused_fallback_key_types":`...)
+	if b, err = appendMarshal(b, r.DeviceUnusedFallbackKeyTypes); err != nil {
+		return nil, err
 	}
 	if len(r.OrgMatrixMSC2732FallbackTypes) > 0 {
 		b = append(b, `,"org.matrix.msc2732.device_unused_fallback_key_types":`...)
@@ -69,7 +75,9 @@ func (r *syncResponse) appendJSON(b []byte) ([]byte, error) {
 func (jr *joinedRoom) appendJSON(b []byte) ([]byte, error) {
 	var err error
 	b = append(b, `{"summary":`...)
-	if b, err = appendMarshal(b, jr.Summary); err != nil {
+	if jr.Summary.Heroes == nil && jr.Summary.JoinedMemberCount == nil && jr.Summary.InvitedMemberCount == nil {
+		b = append(b, `{}`...)
+	} else if b, err = appendMarshal(b, jr.Summary); err != nil {
 		return nil, err
 	}
 	b = append(b, `,"state":{"events":`...)
@@ -77,18 +85,18 @@ func (jr *joinedRoom) appendJSON(b []byte) ([]byte, error) {
 	b = append(b, `},"timeline":`...)
 	b = jr.Timeline.appendJSON(b)
 	b = append(b, `,"ephemeral":`...)
-	if b, err = appendMarshal(b, jr.Ephemeral); err != nil {
+	if b, err = appendEventList(b, jr.Ephemeral); err != nil {
 		return nil, err
 	}
 	b = append(b, `,"account_data":`...)
-	if b, err = appendMarshal(b, jr.AccountData); err != nil {
+	if b, err = appendEventList(b, jr.AccountData); err != nil {
 		return nil, err
 	}
-	b = append(b, `,"unread_notifications":`...)
-	if b, err = appendMarshal(b, jr.UnreadNotifications); err != nil {
-		return nil, err
-	}
-	return append(b, '}'), nil
+	b = append(b, `,"unread_notifications":{"notification_count":`...)
+	b = strconv.AppendInt(b, int64(jr.UnreadNotifications.NotificationCount), 10)
+	b = append(b, `,"highlight_count":`...)
+	b = strconv.AppendInt(b, int64(jr.UnreadNotifications.HighlightCount), 10)
+	return append(b, `}}`...), nil
 }
 
 func (lr *leftRoom) appendJSON(b []byte) ([]byte, error) {
@@ -98,7 +106,7 @@ func (lr *leftRoom) appendJSON(b []byte) ([]byte, error) {
 	b = append(b, `},"timeline":`...)
 	b = lr.Timeline.appendJSON(b)
 	b = append(b, `,"account_data":`...)
-	if b, err = appendMarshal(b, lr.AccountData); err != nil {
+	if b, err = appendEventList(b, lr.AccountData); err != nil {
 		return nil, err
 	}
 	return append(b, '}'), nil
@@ -167,6 +175,14 @@ func appendRawList(b []byte, evs []json.RawMessage) []byte {
 		}
 	}
 	return append(b, ']')
+}
+
+// appendEventList writes the common empty list without encoding/json.
+func appendEventList(b []byte, l eventList) ([]byte, error) {
+	if l.Events != nil && len(l.Events) == 0 {
+		return append(b, `{"events":[]}`...), nil
+	}
+	return appendMarshal(b, l)
 }
 
 func appendMarshal(b []byte, v any) ([]byte, error) {

@@ -29,6 +29,8 @@ func TestSyncResponseJSONMatchesEncodingJSON(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var cases []*syncResponse
 	cases = append(cases, &syncResponse{}) // every map and slice nil
+	cases = append(cases, &syncResponse{Rooms: syncRooms{Join: map[string]*joinedRoom{"!zero:x": {}}, Leave: map[string]*leftRoom{"!zero:x": {}}},
+		DeviceLists: deviceLists{Left: []string{}}})
 	for n := 0; n < 50; n++ {
 		r := &syncResponse{
 			NextBatch:              fmt.Sprintf("s%d_%d", rng.IntN(1000), rng.IntN(10)),
