@@ -399,3 +399,53 @@ func TestClusterResyncAfterLostNotifications(t *testing.T) {
 	}
 	t.Logf("B caught up %v after the sends without notifications", time.Since(start))
 }
+
+// TestClusterStateChangesCarryAcross: state one instance changes decides
+// what the other allows next, whether the other learns of it through the
+// feed or finds the room moved while committing; redactions and renames
+// carry across too, and the history stays linear.
+func TestClusterStateChangesCarryAcross(t *testing.T) {
+	a, b := newTestCluster(t)
+	_, ownerTok := a.createUser("owner")
+	_, malloryTok := a.createUser("mallory")
+	roomID := a.createRoom(ownerTok, map[string]any{"preset": "public_chat"})
+	roomPath := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID)
+	a.mustDo(200, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), malloryTok, map[string]any{})
+	first := a.send(malloryTok, roomID, "hello from A") // A now caches the room
+
+	setEventsDefault := func(level int) {
+		pl := b.mustDo(200, "GET", roomPath+"/state/m.room.power_levels/", ownerTok, nil)
+		pl["events_default"] = level
+		b.mustDo(200, "PUT", roomPath+"/state/m.room.power_levels/", ownerTok, pl)
+	}
+	setEventsDefault(50)
+	// Right away (the feed may not have reached A yet): the commit finds
+	// the room moved and rebuilds on the new power levels.
+	a.wantErr(403, "M_FORBIDDEN", "PUT", roomPath+"/send/m.room.message/m1", malloryTok, map[string]any{"msgtype": "m.text", "body": "refused"})
+
+	b.mustDo(200, "PUT", roomPath+"/redact/"+url.PathEscape(first)+"/r1", ownerTok, map[string]any{"reason": "test"})
+	setEventsDefault(0)
+	// A refusal is checked against the stored head too: allowed at once.
+	a.send(malloryTok, roomID, "allowed again")
+	b.mustDo(200, "PUT", roomPath+"/state/m.room.name/", ownerTok, map[string]any{"name": "renamed on B"})
+	// Once the feed has been applied, A answers from its refreshed cache.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, name := a.do("GET", roomPath+"/state/m.room.name/", ownerTok, nil)
+		if name["name"] == "renamed on B" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A still answers room name %v", name)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ev := a.mustDo(200, "GET", roomPath+"/event/"+url.PathEscape(first), malloryTok, nil)
+	if content, _ := ev["content"].(map[string]any); len(content) != 0 {
+		t.Fatalf("the event B redacted still has content on A: %v", ev)
+	}
+	for i := 0; i < 10; i++ {
+		[]*testServer{a, b}[i%2].send([]string{ownerTok, malloryTok}[i%2], roomID, fmt.Sprintf("alternating %d", i))
+	}
+	assertLinear(t, a.db, roomID)
+}

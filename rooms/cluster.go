@@ -6,11 +6,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"sort"
 	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	"github.com/agentspace/agentspace/storage"
 )
@@ -310,7 +316,7 @@ func (c *Cluster) apply(ctx context.Context, ch *Change) {
 		return
 	}
 	for _, roomID := range ch.Events {
-		c.s.invalidateRoom(roomID)
+		c.s.markBehind(roomID, ch.Last)
 	}
 	if ch.Auth {
 		c.s.db.BumpAuthGeneration()
@@ -412,15 +418,106 @@ func (n *Notifier) resyncTo(upTo storage.StreamPos) {
 	}
 }
 
-// invalidateRoom drops a room's cached state and recent events: the next
-// use reloads it from the database.
-func (s *Service) invalidateRoom(roomID string) {
+// movedSinceCached reports, with several instances, whether another
+// instance stored events of the room after the cached head. A commit
+// checks this under the room's lock anyway; a refusal, which commits
+// nothing, checks it here so that it never rests on state another instance
+// has already changed.
+func (s *Service) movedSinceCached(ctx context.Context, r *room) bool {
+	if !s.notifier.clustered() {
+		return false
+	}
+	if r.behind {
+		return true
+	}
+	latest, err := s.db.LatestRoomEvent(ctx, r.id)
+	return err == nil && latest.EventID != r.latestID
+}
+
+// markBehind records that another instance stored events of a room, up
+// to position upTo. The room's ring of recent events no longer holds all
+// of them, so it is emptied; its cached state stays and is brought forward
+// (catchUp) before its next use, unless it already reaches upTo (a commit
+// here that found the room moved caught up with the change before the
+// feed delivered it).
+func (s *Service) markBehind(roomID string, upTo storage.StreamPos) {
 	s.mu.Lock()
 	r := s.rooms[roomID]
 	s.mu.Unlock()
-	if r != nil {
-		s.invalidate(r)
+	if r == nil {
+		return
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.loaded && !r.behind && r.headPos >= upTo {
+		return
+	}
+	r.recent.reset(math.MaxInt64) // RecentEvents answers "not in memory" until refreshed
+	if r.loaded {
+		r.behind = true
+	}
+}
+
+// refreshRoom makes a room's cache current: a full load when there is
+// none, otherwise a catch-up with what other instances stored after its head.
+func (s *Service) refreshRoom(ctx context.Context, r *room) error {
+	if !r.loaded {
+		return s.loadRoom(ctx, r)
+	}
+	if err := s.catchUp(ctx, r); err != nil {
+		r.loaded = false // nothing cached is trusted now; the next use loads afresh
+		return err
+	}
+	return nil
+}
+
+// maxCatchUpEvents bounds a catch-up; a room further behind is reloaded.
+const maxCatchUpEvents = 256
+
+// catchUp applies the events stored after the cached head to the cached
+// state, instead of reloading the room's whole state (every state event
+// parsed again) after each remote commit: a busy room shared by two
+// instances would otherwise reload on every batch. A redaction (which
+// rewrites an older event), history that does not continue from the
+// cached head, or a long gap take the full reload.
+func (s *Service) catchUp(ctx context.Context, r *room) error {
+	evs, err := s.db.RoomEvents(ctx, r.id, r.headPos, 0, false, maxCatchUpEvents, nil)
+	if err != nil {
+		return fmt.Errorf("catching up room %s: %w", r.id, err)
+	}
+	if len(evs) == maxCatchUpEvents {
+		return s.loadRoom(ctx, r)
+	}
+	latestID, depth, headPos := r.latestID, r.depth, r.headPos
+	changed := map[gomatrixserverlib.StateKeyTuple]gomatrixserverlib.PDU{}
+	for _, e := range evs {
+		if e.Type == spec.MRoomRedaction || e.RedactedBy != nil || !continues(e.PDUJSON, latestID) {
+			return s.loadRoom(ctx, r)
+		}
+		if e.StateKey != nil {
+			pdu, err := r.version.NewEventFromTrustedJSONWithEventID(e.EventID, e.PDUJSON, false)
+			if err != nil {
+				return s.loadRoom(ctx, r)
+			}
+			changed[gomatrixserverlib.StateKeyTuple{EventType: e.Type, StateKey: *e.StateKey}] = pdu
+		}
+		latestID, depth, headPos = e.EventID, e.Depth, e.Pos
+	}
+	maps.Copy(r.state, changed)
+	r.latestID, r.depth, r.headPos, r.behind = latestID, depth, headPos, false
+	r.recent.reset(headPos)
+	return nil
+}
+
+// continues reports whether an event's prev_events name prevID: rooms here
+// have one linear history, so every event follows the one before it.
+func continues(pduJSON []byte, prevID string) bool {
+	for _, p := range gjson.GetBytes(pduJSON, "prev_events").Array() {
+		if p.Str == prevID {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Service) invalidateAllRooms() {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -105,8 +106,8 @@ func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pending
 			p.done <- results[i]
 		}
 	}
-	if !r.loaded {
-		if err := s.loadRoom(ctx, r); err != nil {
+	if !r.loaded || r.behind {
+		if err := s.refreshRoom(ctx, r); err != nil {
 			for i := range results {
 				results[i].err = err
 			}
@@ -126,7 +127,7 @@ func (s *Service) sendBatchLocked(ctx context.Context, r *room, batch []*pending
 		}
 		// Another instance wrote to the room (cluster.go): rebuild on its head.
 		clear(results)
-		if err := s.loadRoom(ctx, r); err != nil {
+		if err := s.refreshRoom(ctx, r); err != nil {
 			for i := range results {
 				results[i].err = err
 			}
@@ -156,6 +157,10 @@ func (s *Service) buildAndCommitLocked(ctx context.Context, r *room, batch []*pe
 		return built, nil
 	}
 	build()
+	refused := slices.ContainsFunc(results, func(res sendResult) bool { return res.err != nil })
+	if refused && s.movedSinceCached(ctx, r) {
+		return errRoomMoved // a refusal may come from stale state: rebuild on the new head
+	}
 	if len(built) > 0 {
 		rows, err := s.commitRebuilding(ctx, r, built, nil, build)
 		if (errors.Is(err, errTxnUsed) && !lookupTxns) || errors.Is(err, errRoomMoved) {
@@ -328,6 +333,12 @@ func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, 
 	for attempt := 0; ; attempt++ {
 		built, err := build()
 		if err != nil {
+			if attempt < maxRoomMovedRetries && s.movedSinceCached(ctx, r) {
+				if err := s.refreshRoom(ctx, r); err != nil {
+					return nil, err
+				}
+				continue // refused on stale state: build again on the new head
+			}
 			return nil, err
 		}
 		evs, err := s.commitRebuilding(ctx, r, built, extra, build)
@@ -335,7 +346,7 @@ func (s *Service) sendLocked(ctx context.Context, r *room, reqs []EventRequest, 
 			return evs, err
 		}
 		// Another instance wrote to the room (cluster.go): rebuild on its head.
-		if err := s.loadRoom(ctx, r); err != nil {
+		if err := s.refreshRoom(ctx, r); err != nil {
 			return nil, err
 		}
 	}
@@ -378,7 +389,7 @@ func (s *Service) commitRebuilding(ctx context.Context, r *room, built []*builtE
 		if clustered { // several instances: lock the room, check its head (cluster.go)
 			err := s.checkRoomHead(ctx, tx, r)
 			if errors.Is(err, errRoomMoved) && rebuild != nil {
-				if err = s.loadRoom(ctx, r); err == nil {
+				if err = s.refreshRoom(ctx, r); err == nil {
 					built, err = rebuild()
 				}
 			}
@@ -448,6 +459,7 @@ func (s *Service) applyCommitted(r *room, built []*builtEvent, rows []*storage.E
 		}
 		r.latestID = pdu.EventID()
 		r.depth = pdu.Depth()
+		r.headPos = rows[i].Pos
 		r.recent.append(rows[i])
 		if pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil {
 			target := *pdu.StateKey()

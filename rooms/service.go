@@ -82,6 +82,11 @@ type room struct {
 	latestID string
 	depth    int64
 	loaded   bool
+	// headPos is the stream position of latestID. behind: another
+	// instance stored events after it (cluster.go); the cached state is
+	// brought forward with catchUp before its next use.
+	headPos storage.StreamPos
+	behind  bool
 
 	// qmu guards queue: sends waiting to be committed with the next batch.
 	qmu   sync.Mutex
@@ -171,10 +176,10 @@ var errRoomNotFound = mautrix.MNotFound.WithMessage("Room not found")
 func (s *Service) lockRoom(ctx context.Context, roomID string) (*room, error) {
 	r := s.roomEntry(roomID)
 	r.mu.Lock()
-	if r.loaded {
+	if r.loaded && !r.behind {
 		return r, nil
 	}
-	if err := s.loadRoom(ctx, r); err != nil {
+	if err := s.refreshRoom(ctx, r); err != nil {
 		s.forgetUnloaded(r)
 		r.mu.Unlock()
 		return nil, err
@@ -235,6 +240,7 @@ func (s *Service) loadRoom(ctx context.Context, r *room) error {
 	r.state = state
 	r.latestID = latest.EventID
 	r.depth = latest.Depth
+	r.headPos, r.behind = latest.Pos, false
 	r.recent.reset(latest.Pos)
 	if r.recent.events == nil {
 		r.recent.events = make([]*storage.Event, 0, recentCapacity)
